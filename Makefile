@@ -1,0 +1,49 @@
+# Portico's two promises: `make run` and `make test` work on a fresh machine.
+# Both create .venv when it is missing and install what they need into it;
+# `make test` also installs the Debian packages the tests use (tshark).
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PORTICO := $(VENV)/bin/portico
+STAMP   := $(VENV)/.installed
+SAMPLE  := out/sample.pcapng
+
+.PHONY: run test bench lint typecheck system-deps clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,bench,dev]'
+	touch $@
+
+# tshark (and capinfos, from wireshark-common) decode our output independently.
+system-deps:
+	@command -v tshark >/dev/null 2>&1 || { \
+	  echo "installing tshark (Debian package)"; \
+	  apt-get update -q >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q tshark >/dev/null; }
+	@command -v tshark >/dev/null 2>&1 || { echo "tshark is required by the tests: install it (apt-get install tshark)"; exit 1; }
+
+# The main job on the embedded default: generate a sample capture, parse it, summarize.
+run: $(STAMP)
+	@mkdir -p out
+	$(PORTICO) gen $(SAMPLE) --packets 200000 --flows 10000 --sizes imix --ipv6 0.2 --vlans 4 --ports 2 --seed 1
+	$(PORTICO) parse $(SAMPLE)
+
+test: $(STAMP) system-deps lint
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PORTICO) bench --plot bench/pps_vs_batch.png
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check portico bench tests
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy portico
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache .mypy_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,7 @@
+"""``python -m portico``: the same as the ``portico`` command."""
+
+import sys
+
+from portico.cli import main
+
+sys.exit(main())
