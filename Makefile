@@ -32,7 +32,7 @@ run: $(STAMP)
 	$(PORTICO) gen $(SAMPLE) --packets 200000 --flows 10000 --sizes imix --ipv6 0.2 --vlans 4 --ports 2 --seed 1
 	$(PORTICO) parse $(SAMPLE)
 
-test: $(STAMP) system-deps lint
+test: $(STAMP) system-deps lint typecheck
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
@@ -42,7 +42,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check portico bench tests
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy portico
+	$(VENV)/bin/mypy portico bench
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache .mypy_cache

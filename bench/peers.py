@@ -14,12 +14,27 @@ Each function takes a list of frames and returns what it computed (5-tuples,
 or the output frames) so the harness can check every contender agrees. Only
 unfragmented IPv4 TCP/UDP is translated; anything else passes unchanged,
 as in Portico's kernel.
+
+``read`` is different: each function takes a classic pcap file and a packet
+count and returns the first ``count`` packets of the file as bytes, which the
+harness checks equal the pool's:
+
+* ``struct``: the file read into one ``bytes``, then a plain loop over the
+  records, ``unpack_from`` on each 16-byte record header and a slice for the
+  packet;
+* ``dpkt``: iterate ``dpkt.pcap.Reader``, which yields ``(timestamp, buf)``;
+* ``scapy``: iterate ``scapy.utils.RawPcapReader``, which yields
+  ``(bytes, metadata)`` without dissecting: Scapy's fastest reader (its
+  ``rdpcap`` and ``PcapReader`` build a ``Packet`` per record on top of it).
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import struct
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from bench.workloads import NAT_ADDRESS, NAT_ADDRESS_BYTES, nat_port
 
@@ -31,6 +46,7 @@ _PORTS = struct.Struct("!HH")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _VLAN_TPIDS = (0x8100, 0x88A8)
+_PCAP_MAGICS = (0xA1B2C3D4, 0xA1B23C4D)  # microseconds, nanoseconds
 
 
 # ---------------------------------------------------------------- struct
@@ -160,7 +176,7 @@ def snat_dpkt(frames: Sequence[bytes]) -> list[bytes]:
 
 
 # ---------------------------------------------------------------- scapy
-def _scapy() -> tuple[type, type, type, type]:
+def _scapy() -> tuple[Any, Any, Any, Any]:
     from scapy.layers.inet import IP, TCP, UDP
     from scapy.layers.l2 import Ether
 
@@ -204,7 +220,45 @@ def _ip_int(text: str) -> int:
     return (a << 24) | (b << 16) | (c << 8) | d
 
 
-PEERS: dict[str, dict[str, Callable[[Sequence[bytes]], Sequence]]] = {
+# ---------------------------------------------------------------- read
+def read_struct(path: str | os.PathLike[str], count: int) -> list[bytes]:
+    """The first ``count`` packets of a classic pcap file, by a loop over its bytes."""
+    with open(path, "rb") as file:
+        data = file.read()
+    for order in ("<", ">"):
+        if struct.unpack_from(order + "I", data, 0)[0] in _PCAP_MAGICS:
+            break
+    else:
+        raise ValueError(f"{os.fspath(path)}: not a classic pcap file")
+    record = struct.Struct(order + "IIII")  # seconds, fraction, captured, original length
+    packets: list[bytes] = []
+    append = packets.append
+    at, end = 24, len(data)
+    while len(packets) < count and at + 16 <= end:
+        _, _, captured, _ = record.unpack_from(data, at)
+        at += 16
+        append(data[at : at + captured])
+        at += captured
+    return packets
+
+
+def read_dpkt(path: str | os.PathLike[str], count: int) -> list[bytes]:
+    import dpkt
+
+    with open(path, "rb") as file:
+        return [buf for _, buf in itertools.islice(dpkt.pcap.Reader(file), count)]
+
+
+def read_scapy(path: str | os.PathLike[str], count: int) -> list[bytes]:
+    from scapy.utils import RawPcapReader
+
+    with RawPcapReader(os.fspath(path)) as reader:
+        return [data for data, _ in itertools.islice(reader, count)]
+
+
+# parse/snat peers take frames; read peers take (path, count).
+PEERS: dict[str, dict[str, Callable[..., Sequence]]] = {
     "parse": {"struct": parse_struct, "dpkt": parse_dpkt, "scapy": parse_scapy},
     "snat": {"struct": snat_struct, "dpkt": snat_dpkt, "scapy": snat_scapy},
+    "read": {"struct": read_struct, "dpkt": read_dpkt, "scapy": read_scapy},
 }

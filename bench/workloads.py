@@ -8,6 +8,10 @@ A workload is one piece of per-packet work done by every contender:
   transport checksums incrementally (RFC 1624), and write the packet to an
   output buffer. Packets that are not unfragmented IPv4 TCP/UDP are copied as
   they are.
+* ``read``: read a classic pcap file holding the pool's packets (written once
+  per run by ``write_capture``) into memory as packets. Portico streams it
+  with ``open_capture(path).batches(batch)``, each batch's packets landing in
+  the Batch's slots (``read_count``).
 
 Portico runs over a *pool*: all packets of the run in one Batch, cut into
 views of ``batch`` rows (no copies) so that each call sees a Batch of that size,
@@ -22,6 +26,7 @@ checked against each other by the harness's byte-for-byte comparison.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,9 +35,10 @@ from numba import njit
 
 from portico.batch import Batch
 from portico.gen import TrafficSpec, generate
+from portico.io.capture import CaptureWriter, open_capture
 from portico.packet.checksum import update16, update32
 
-WORKLOADS = ("parse", "snat")
+WORKLOADS = ("parse", "snat", "read")
 NAT_ADDRESS = (203 << 24) | (0 << 16) | (113 << 8) | 1  # 203.0.113.1 (TEST-NET-3)
 NAT_ADDRESS_BYTES = NAT_ADDRESS.to_bytes(4, "big")
 PORT_BASE = 1024
@@ -48,7 +54,13 @@ def nat_port(src: int, dst: int, sport: int, dport: int, protocol: int) -> int:
 
 
 @njit(cache=True, inline="always")
-def nat_port_jit(src: int, dst: int, sport: int, dport: int, protocol: int) -> int:
+def nat_port_jit(
+    src: int | np.int64,
+    dst: int | np.int64,
+    sport: int | np.int64,
+    dport: int | np.int64,
+    protocol: int | np.int64,
+) -> int | np.int64:
     # uint64 throughout: Numba turns mixed signed/unsigned arithmetic into floats.
     mask = np.uint64(0xFFFFFFFF)
     mixed = (np.uint64(src) * np.uint64(_MIX_A)) ^ (np.uint64(dst) * np.uint64(_MIX_B))
@@ -58,12 +70,16 @@ def nat_port_jit(src: int, dst: int, sport: int, dport: int, protocol: int) -> i
 
 
 @njit(cache=True)
-def snat_rows(data: np.ndarray, meta: np.ndarray, count: int, out: np.ndarray,
-              nat_address: int) -> None:
+def snat_rows(
+    data: np.ndarray, meta: np.ndarray, count: int, out: np.ndarray, nat_address: int
+) -> None:
     """Copy rows [0, count) into ``out`` (same slot layout), translating IPv4 TCP/UDP.
 
     The copy moves whole 8-byte words covering the packet (slots are a multiple
-    of 8 bytes): a byte loop costs several times more per 64-byte frame.
+    of 8 bytes): a byte loop costs several times more per 64-byte frame. Bytes are
+    indexed as ``out[i, k]``, never through a row view ``out[i]``: Numba
+    reference-counts every view it makes, which costs more than the rest of the
+    per-packet work.
     """
     data_words = data.view(np.uint64)
     out_words = out.view(np.uint64)
@@ -72,7 +88,6 @@ def snat_rows(data: np.ndarray, meta: np.ndarray, count: int, out: np.ndarray,
         start = np.intp(m.start)
         for k in range(start >> 3, (start + np.intp(m.length) + 7) >> 3):
             out_words[i, k] = data_words[i, k]
-        row = out[i]
         if m.drop != 0 or m.ip_version != 4 or m.frag != 0:
             continue
         protocol = np.int64(m.protocol)
@@ -84,25 +99,25 @@ def snat_rows(data: np.ndarray, meta: np.ndarray, count: int, out: np.ndarray,
         old_port = np.int64(m.sport)
         new_port = nat_port_jit(old_src, np.int64(m.dst4), old_port, np.int64(m.dport), protocol)
 
-        ip_sum = (np.int64(row[l3 + 10]) << 8) | np.int64(row[l3 + 11])
+        ip_sum: int | np.int64 = (np.int64(out[i, l3 + 10]) << 8) | np.int64(out[i, l3 + 11])
         ip_sum = update32(ip_sum, old_src, nat_address)
-        row[l3 + 10] = ip_sum >> 8
-        row[l3 + 11] = ip_sum & 0xFF
-        row[l3 + 12] = (nat_address >> 24) & 0xFF
-        row[l3 + 13] = (nat_address >> 16) & 0xFF
-        row[l3 + 14] = (nat_address >> 8) & 0xFF
-        row[l3 + 15] = nat_address & 0xFF
+        out[i, l3 + 10] = ip_sum >> 8
+        out[i, l3 + 11] = ip_sum & 0xFF
+        out[i, l3 + 12] = (nat_address >> 24) & 0xFF
+        out[i, l3 + 13] = (nat_address >> 16) & 0xFF
+        out[i, l3 + 14] = (nat_address >> 8) & 0xFF
+        out[i, l3 + 15] = nat_address & 0xFF
 
         at = l4 + 16 if protocol == 6 else l4 + 6
-        l4_sum = (np.int64(row[at]) << 8) | np.int64(row[at + 1])
+        l4_sum: int | np.int64 = (np.int64(out[i, at]) << 8) | np.int64(out[i, at + 1])
         if protocol == 6 or l4_sum != 0:  # a zero UDP checksum means "none": keep it
             l4_sum = update16(update32(l4_sum, old_src, nat_address), old_port, new_port)
             if protocol == 17 and l4_sum == 0:
                 l4_sum = 0xFFFF
-            row[at] = l4_sum >> 8
-            row[at + 1] = l4_sum & 0xFF
-        row[l4] = new_port >> 8
-        row[l4 + 1] = new_port & 0xFF
+            out[i, at] = l4_sum >> 8
+            out[i, at + 1] = l4_sum & 0xFF
+        out[i, l4] = new_port >> 8
+        out[i, l4 + 1] = new_port & 0xFF
 
 
 def snat(batch: Batch, out: np.ndarray) -> None:
@@ -115,8 +130,9 @@ def snat(batch: Batch, out: np.ndarray) -> None:
 # ---------------------------------------------------------------- traffic
 def bench_spec(packets: int, *, flows: int = 100_000, seed: int = 1) -> TrafficSpec:
     """The issue's traffic: 64-byte frames, a TCP/UDP mix, 100k flows, IPv4."""
-    return TrafficSpec(packets=packets, flows=flows, seed=seed, mix={"tcp": 0.5, "udp": 0.5},
-                       sizes="64")
+    return TrafficSpec(
+        packets=packets, flows=flows, seed=seed, mix={"tcp": 0.5, "udp": 0.5}, sizes="64"
+    )
 
 
 @dataclass
@@ -136,8 +152,9 @@ def make_pool(spec: TrafficSpec) -> Pool:
     return Pool(batch, batch.packets())
 
 
-def views(batch: Batch, size: int, out: np.ndarray | None = None
-          ) -> list[tuple[Batch, np.ndarray | None]]:
+def views(
+    batch: Batch, size: int, out: np.ndarray | None = None
+) -> list[tuple[Batch, np.ndarray | None]]:
     """Cut ``batch`` into Batches of ``size`` rows sharing its arrays (no copies).
 
     Each view comes with the matching rows of ``out`` when given.
@@ -154,6 +171,31 @@ def views(batch: Batch, size: int, out: np.ndarray | None = None
     return cut
 
 
+# ---------------------------------------------------------------- capture files
+def write_capture(pool: Pool, path: str | os.PathLike[str]) -> None:
+    """Write the pool's packets to ``path`` as a classic pcap file (microsecond stamps)."""
+    with CaptureWriter(path, format="pcap", nanosecond=False) as writer:
+        writer.write(pool.batch)
+
+
+def read_count(path: str | os.PathLike[str], batch_size: int) -> int:
+    """Portico's ``read``: stream the capture into Batches of ``batch_size``; count packets."""
+    packets = 0
+    with open_capture(path) as reader:
+        for batch in reader.batches(batch_size):
+            packets += batch.count
+    return packets
+
+
+def read_frames(path: str | os.PathLike[str], batch_size: int) -> list[bytes]:
+    """The packets ``read_count`` reads, as bytes (for checking, not timing)."""
+    frames: list[bytes] = []
+    with open_capture(path) as reader:
+        for batch in reader.batches(batch_size):
+            frames += batch.packets()
+    return frames
+
+
 def output_frames(batch: Batch, out: np.ndarray, rows: int) -> list[bytes]:
     """The first ``rows`` packets as written into ``out`` (same starts and lengths)."""
     starts = batch.meta["start"]
@@ -164,28 +206,35 @@ def output_frames(batch: Batch, out: np.ndarray, rows: int) -> list[bytes]:
 def five_tuples(batch: Batch, rows: int) -> list[tuple[int, int, int, int, int]]:
     """Portico's parsed 5-tuples of the first ``rows`` IPv4 TCP/UDP packets."""
     m = batch.meta[:rows]
-    return [(int(s), int(d), int(p), int(sp), int(dp))
-            for s, d, p, sp, dp in zip(m["src4"], m["dst4"], m["protocol"], m["sport"],
-                                       m["dport"], strict=True)]
+    return [
+        (int(s), int(d), int(p), int(sp), int(dp))
+        for s, d, p, sp, dp in zip(
+            m["src4"], m["dst4"], m["protocol"], m["sport"], m["dport"], strict=True
+        )
+    ]
 
 
 class MismatchError(AssertionError):
     """Two contenders computed different results: the benchmark would be meaningless."""
 
 
-def compare_frames(expected: Sequence[bytes], actual: Sequence[bytes], *,
-                   expected_by: str, actual_by: str) -> None:
+def compare_frames(
+    expected: Sequence[bytes], actual: Sequence[bytes], *, expected_by: str, actual_by: str
+) -> None:
     """Raise MismatchError at the first packet (and byte) where the outputs differ."""
     if len(actual) < len(expected):
-        raise MismatchError(f"{actual_by} gave {len(actual)} packets, {expected_by} "
-                            f"{len(expected)}")
+        raise MismatchError(
+            f"{actual_by} gave {len(actual)} packets, {expected_by} {len(expected)}"
+        )
     for index, (want, got) in enumerate(zip(expected, actual, strict=False)):
         if want == got:
             continue
         if len(want) != len(got):
-            raise MismatchError(f"packet {index}: {actual_by} wrote {len(got)} bytes, "
-                                f"{expected_by} {len(want)}")
+            raise MismatchError(
+                f"packet {index}: {actual_by} wrote {len(got)} bytes, {expected_by} {len(want)}"
+            )
         at = next(k for k in range(len(want)) if want[k] != got[k])
         raise MismatchError(
             f"packet {index}, byte {at}: {actual_by} wrote {got[at]:#04x}, {expected_by} "
-            f"{want[at]:#04x}\n  {expected_by}: {want.hex()}\n  {actual_by}: {got.hex()}")
+            f"{want[at]:#04x}\n  {expected_by}: {want.hex()}\n  {actual_by}: {got.hex()}"
+        )

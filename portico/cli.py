@@ -101,7 +101,7 @@ def summarize_capture(path: str, *, batch_size: int = 256, quiet: bool = True) -
         port_counts = np.zeros(max(1, len(reader.interfaces)), dtype=np.int64)
         summary: dict[str, Any] = {"file": path, "format": reader.format}
         try:
-            with Progress(os.path.getsize(path), label="parse", quiet=quiet) as bar:
+            with Progress(os.path.getsize(path), label="parse", quiet=quiet, unit="B") as bar:
                 for batch in reader.batches(batch_size):
                     n = batch.count
                     parse(batch)
@@ -115,7 +115,7 @@ def summarize_capture(path: str, *, batch_size: int = 256, quiet: bool = True) -
                     port_counts += np.bincount(meta["port"], minlength=len(port_counts))[
                         : len(port_counts)
                     ]
-                    bar.advance(int(meta["wire_length"].sum()) + 16 * n)
+                    bar.advance(reader.offset - bar.done)
         except CaptureError as error:
             error.summary = summary  # type: ignore[attr-defined]
             raise

@@ -47,6 +47,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -63,6 +64,9 @@ from portico.packet.tcp import ACK, TCP
 from portico.packet.udp import UDP
 from portico.packet.vlan import Dot1Q
 from portico.progress import Progress
+
+if TYPE_CHECKING:
+    from portico.io.capture import Format
 
 PROTOCOLS = ("tcp", "udp", "icmp")
 DEFAULT_MIX: dict[str, float] = {"tcp": 0.6, "udp": 0.35, "icmp": 0.05}
@@ -635,7 +639,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"portico gen: error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    fmt = args.format or ("pcap" if out.suffix.lower() == ".pcap" else "pcapng")
+    fmt: Format = args.format or ("pcap" if out.suffix.lower() == ".pcap" else "pcapng")
     if fmt == "pcap" and spec.ports > 1:
         print("portico gen: error: --ports: a pcap file has one interface; use --format pcapng",
               file=sys.stderr)

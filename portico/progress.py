@@ -28,10 +28,12 @@ class Progress:
         label: str = "",
         quiet: bool = False,
         stream: TextIO | None = None,
+        unit: str = "",
     ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.total = max(0, total)
         self.label = label
+        self.unit = unit  # "" counts things; "B" counts bytes and shows MiB
         self.done = 0
         isatty = getattr(self.stream, "isatty", None)
         self.enabled = not quiet and bool(isatty and isatty())
@@ -50,7 +52,11 @@ class Progress:
         share = min(1.0, self.done / self.total) if self.total else 1.0
         filled = int(share * _WIDTH)
         bar = "#" * filled + "." * (_WIDTH - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {share:4.0%} {self.done}/{self.total}")
+        if self.unit == "B":
+            amount = f"{self.done / 2**20:.0f}/{self.total / 2**20:.0f} MiB"
+        else:
+            amount = f"{self.done}/{self.total}"
+        self.stream.write(f"\r{self.label} [{bar}] {share:4.0%} {amount}")
         self.stream.flush()
 
     def __enter__(self) -> Progress:

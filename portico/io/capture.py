@@ -151,6 +151,11 @@ class CaptureReader:
         while self.read(batch):
             yield batch
 
+    @property
+    def offset(self) -> int:
+        """File offset of the next record to be read: how far through the file the reader is."""
+        return self._base + self._pos
+
     def close(self) -> None:
         self._file.close()
 

@@ -90,13 +90,15 @@ def file_header(*, nanosecond: bool, snaplen: int, linktype: int) -> bytes:
 
 @njit(cache=True, inline="always")
 def _u32(buf: np.ndarray, pos: int, big: bool) -> int:
+    # The int64 Numba computes is an int to the kernels that use it (and boxed to
+    # one for Python callers); saying int | np.int64 would spread to every kernel.
     b0 = np.int64(buf[pos])
     b1 = np.int64(buf[pos + 1])
     b2 = np.int64(buf[pos + 2])
     b3 = np.int64(buf[pos + 3])
     if big:
-        return (b0 << 24) | (b1 << 16) | (b2 << 8) | b3
-    return (b3 << 24) | (b2 << 16) | (b1 << 8) | b0
+        return (b0 << 24) | (b1 << 16) | (b2 << 8) | b3  # type: ignore[return-value]
+    return (b3 << 24) | (b2 << 16) | (b1 << 8) | b0  # type: ignore[return-value]
 
 
 @njit(cache=True, inline="always")
@@ -257,7 +259,7 @@ class PcapEncoder:
             n = _encode_records(batch.data, batch.meta, rows, self._out, self.nanosecond,
                                 self.snaplen)
             if n >= 0:
-                return memoryview(self._out)[:n]
+                return self._out.data[:n]
             self._out = np.empty(max(-n, 2 * self._out.shape[0]), dtype=np.uint8)
 
     def encode_packet(

@@ -204,7 +204,7 @@ class PcapngDecoder:
         while True:
             if end - pos < 12:
                 return DecodeStep(0, pos, 12)
-            kind = struct.unpack_from(">I" if self._big else "<I", buf, pos)[0]
+            kind = struct.unpack_from(">I" if self._big else "<I", buf.data, pos)[0]
             if not self._started and kind != BLOCK_SHB:
                 return DecodeStep(0, pos, 0, "does not start with a section header block")
             if kind not in (BLOCK_SHB, BLOCK_IDB):
@@ -219,9 +219,9 @@ class PcapngDecoder:
         """Parse the SHB or IDB at ``pos`` and advance past it."""
         if end - pos < 12:
             return DecodeStep(0, pos, 12)
-        kind = struct.unpack_from("<I", buf, pos)[0]
+        kind = struct.unpack_from("<I", buf.data, pos)[0]
         if kind == BLOCK_SHB:
-            magic = struct.unpack_from("<I", buf, pos + 8)[0]
+            magic = struct.unpack_from("<I", buf.data, pos + 8)[0]
             if magic == BYTE_ORDER_MAGIC:
                 big = False
             elif magic == struct.unpack("<I", struct.pack(">I", BYTE_ORDER_MAGIC))[0]:
@@ -231,12 +231,12 @@ class PcapngDecoder:
         else:
             big = self._big
         order = ">" if big else "<"
-        length = struct.unpack_from(order + "I", buf, pos + 4)[0]
+        length = struct.unpack_from(order + "I", buf.data, pos + 4)[0]
         if length < 12 or length % 4 or length > MAX_BLOCK:
             return DecodeStep(0, pos, 0, _PROBLEMS[PROBLEM_BLOCK_LENGTH].format(detail=length))
         if end - pos < length:
             return DecodeStep(0, pos, length)
-        trailer = struct.unpack_from(order + "I", buf, pos + length - 4)[0]
+        trailer = struct.unpack_from(order + "I", buf.data, pos + length - 4)[0]
         if trailer != length:
             return DecodeStep(0, pos, 0, _PROBLEMS[PROBLEM_TRAILER].format(
                 length=length, detail=trailer))
@@ -401,7 +401,7 @@ class PcapngEncoder:
                     f"{len(self.interfaces)} the file declares"
                 )
             if n >= 0:
-                return memoryview(self._out)[:n]
+                return self._out.data[:n]
             self._out = np.empty(max(-n, 2 * self._out.shape[0]), dtype=np.uint8)
 
     def encode_packet(

@@ -30,7 +30,8 @@ checksum explicitly in that case.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from portico.packet.checksum import (
     PROTO_ICMPV6,
@@ -69,6 +70,9 @@ SELECTOR_FIELD: dict[type[Header], tuple[str, str]] = {
 }
 
 
+_V = TypeVar("_V")
+
+
 def build(*headers: Header, payload: bytes = b"") -> bytes:
     """Wire bytes of ``headers`` (outer first) followed by ``payload``."""
     for header in headers:
@@ -91,7 +95,7 @@ def build(*headers: Header, payload: bytes = b"") -> bytes:
     return body
 
 
-def _lookup(table: dict[type[Header], object], cls: type) -> object | None:
+def _lookup(table: Mapping[type[Header], _V], cls: type) -> _V | None:
     for base in cls.__mro__:
         if base in table:
             return table[base]
@@ -100,10 +104,10 @@ def _lookup(table: dict[type[Header], object], cls: type) -> object | None:
 
 def _fill_selectors(stack: list[Header]) -> None:
     for index, header in enumerate(stack):
-        spec = _lookup(SELECTOR_FIELD, type(header))  # type: ignore[arg-type]
+        spec = _lookup(SELECTOR_FIELD, type(header))
         if spec is None:
             continue
-        field, selector = spec  # type: ignore[misc]
+        field, selector = spec
         if index + 1 == len(stack):
             # As Scapy does: raw bytes after IPv6 are "no next header", not hop-by-hop (0).
             if field == "next_header":

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self
 
 import numpy as np
 
@@ -122,6 +122,11 @@ class Header:
 
     options: bytes
 
+    if TYPE_CHECKING:
+        # Fields are declared as data (FIELDS), so the type checker cannot list them;
+        # this tells it that a header's attributes are its fields (ints) and nothing more.
+        def __getattr__(self, name: str) -> Any: ...
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "FIELDS" not in cls.__dict__:
@@ -171,7 +176,7 @@ class Header:
         spec = self._BY_NAME.get(name)
         object.__setattr__(self, name, spec.coerce(self.NAME, value) if spec else value)
 
-    def copy(self) -> Header:
+    def copy(self) -> Self:
         """A shallow copy that remembers which names were explicit."""
         clone = type(self).__new__(type(self))
         clone.__dict__.update(self.__dict__)

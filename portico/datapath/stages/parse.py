@@ -186,30 +186,30 @@ ICMPV6_ECHO = (128, 129)
 
 # ---------------------------------------------------------------- byte reads
 @njit(cache=True, inline="always")
-def be16(row: np.ndarray, at: int) -> int:
-    return (np.int64(row[at]) << 8) | np.int64(row[at + 1])
+def be16(data: np.ndarray, i: int, at: int) -> int | np.int64:
+    return (np.int64(data[i, at]) << 8) | np.int64(data[i, at + 1])
 
 
 @njit(cache=True, inline="always")
-def be32(row: np.ndarray, at: int) -> int:
-    return (be16(row, at) << 16) | be16(row, at + 2)
+def be32(data: np.ndarray, i: int, at: int) -> int | np.int64:
+    return (be16(data, i, at) << 16) | be16(data, i, at + 2)
 
 
 @njit(cache=True, inline="always")
-def be64(row: np.ndarray, at: int) -> np.uint64:
-    return (np.uint64(be32(row, at)) << np.uint64(32)) | np.uint64(be32(row, at + 4))
+def be64(data: np.ndarray, i: int, at: int) -> np.uint64:
+    return (np.uint64(be32(data, i, at)) << np.uint64(32)) | np.uint64(be32(data, i, at + 4))
 
 
 # ---------------------------------------------------------------- one layer at a time
 @njit(cache=True, inline="always")
-def parse_l2(row, at, end, max_tags):  # type: ignore[no-untyped-def]
+def parse_l2(data, i, at, end, max_tags):  # type: ignore[no-untyped-def]
     """Ethernet and up to ``max_tags`` VLAN tags.
 
     Returns (drop, ethertype, offset after L2, tag count, first VID, second VID).
     """
     if end - at < ETH_LEN:
         return D_TRUNC_ETH, 0, at, 0, 0, 0
-    ethertype = be16(row, at + ETH_TYPE)
+    ethertype = be16(data, i, at + ETH_TYPE)
     at += ETH_LEN
     tags = 0
     vid0 = 0
@@ -219,19 +219,19 @@ def parse_l2(row, at, end, max_tags):  # type: ignore[no-untyped-def]
             return D_VLANS, ethertype, at, tags, vid0, vid1
         if end - at < VLAN_LEN:
             return D_TRUNC_VLAN, ethertype, at, tags, vid0, vid1
-        vid = be16(row, at) & 0x0FFF
+        vid = be16(data, i, at) & 0x0FFF
         if tags == 0:
             vid0 = vid
         else:
             vid1 = vid
         tags += 1
-        ethertype = be16(row, at + 2)
+        ethertype = be16(data, i, at + 2)
         at += VLAN_LEN
     return 0, ethertype, at, tags, vid0, vid1
 
 
 @njit(cache=True, inline="always")
-def parse_ip(row, l3, end, version, non_first_fragment_drops):  # type: ignore[no-untyped-def]
+def parse_ip(data, i, l3, end, version, non_first_fragment_drops):  # type: ignore[no-untyped-def]
     """IPv4 or IPv6 (with extension headers) at ``l3``; ``end`` bounds the bytes.
 
     Returns (drop, ip_end, l4, protocol, ttl, tos, frag, l3_length,
@@ -244,15 +244,15 @@ def parse_ip(row, l3, end, version, non_first_fragment_drops):  # type: ignore[n
         bits = 1 << L_IPV4
         if avail < IP4_LEN:
             return D_TRUNC_IP4, l3, -1, 0, 0, 0, 0, 0, 0, 0, zero, zero, zero, zero, bits
-        if row[l3] >> 4 != 4:
+        if data[i, l3] >> 4 != 4:
             return D_VERSION, l3, -1, 0, 0, 0, 0, 0, 0, 0, zero, zero, zero, zero, bits
-        ihl = (row[l3] & 0x0F) * 4
-        total = be16(row, l3 + IP4_TOTAL)
-        tos = row[l3 + IP4_TOS]
-        ttl = row[l3 + IP4_TTL]
-        proto = row[l3 + IP4_PROTO]
-        src4 = be32(row, l3 + IP4_SRC)
-        dst4 = be32(row, l3 + IP4_DST)
+        ihl = (data[i, l3] & 0x0F) * 4
+        total = be16(data, i, l3 + IP4_TOTAL)
+        tos = data[i, l3 + IP4_TOS]
+        ttl = data[i, l3 + IP4_TTL]
+        proto = data[i, l3 + IP4_PROTO]
+        src4 = be32(data, i, l3 + IP4_SRC)
+        dst4 = be32(data, i, l3 + IP4_DST)
         if ihl < IP4_LEN:
             return (
                 D_IHL,
@@ -307,7 +307,7 @@ def parse_ip(row, l3, end, version, non_first_fragment_drops):  # type: ignore[n
                 zero,
                 bits,
             )
-        frag_word = be16(row, l3 + IP4_FRAG)
+        frag_word = be16(data, i, l3 + IP4_FRAG)
         frag = 0
         if frag_word & 0x3FFF:  # MF set or a non-zero offset
             frag = 2 if frag_word & 0x1FFF else 1
@@ -339,16 +339,16 @@ def parse_ip(row, l3, end, version, non_first_fragment_drops):  # type: ignore[n
     bits = 1 << L_IPV6
     if avail < IP6_LEN:
         return D_TRUNC_IP6, l3, -1, 0, 0, 0, 0, 0, 0, 0, zero, zero, zero, zero, bits
-    if row[l3] >> 4 != 6:
+    if data[i, l3] >> 4 != 6:
         return D_VERSION, l3, -1, 0, 0, 0, 0, 0, 0, 0, zero, zero, zero, zero, bits
-    tos = ((row[l3] & 0x0F) << 4) | (row[l3 + 1] >> 4)
-    total = IP6_LEN + be16(row, l3 + IP6_PAYLOAD)
-    proto = row[l3 + IP6_NEXT]
-    ttl = row[l3 + IP6_HOPS]
-    s_hi = be64(row, l3 + IP6_SRC)
-    s_lo = be64(row, l3 + IP6_SRC + 8)
-    d_hi = be64(row, l3 + IP6_DST)
-    d_lo = be64(row, l3 + IP6_DST + 8)
+    tos = ((data[i, l3] & 0x0F) << 4) | (data[i, l3 + 1] >> 4)
+    total = IP6_LEN + be16(data, i, l3 + IP6_PAYLOAD)
+    proto = data[i, l3 + IP6_NEXT]
+    ttl = data[i, l3 + IP6_HOPS]
+    s_hi = be64(data, i, l3 + IP6_SRC)
+    s_lo = be64(data, i, l3 + IP6_SRC + 8)
+    d_hi = be64(data, i, l3 + IP6_DST)
+    d_lo = be64(data, i, l3 + IP6_DST + 8)
     if total > avail:
         return D_IP6_LENGTH, l3, -1, proto, ttl, tos, 0, total, 0, 0, s_hi, s_lo, d_hi, d_lo, bits
     ip_end = l3 + total
@@ -396,8 +396,8 @@ def parse_ip(row, l3, end, version, non_first_fragment_drops):  # type: ignore[n
             )
         if proto == layers.IPV6_FRAGMENT_PROTO:
             bits |= 1 << L_FRAGMENT
-            word = be16(row, at + FRAG6_OFFSET)
-            proto = row[at]
+            word = be16(data, i, at + FRAG6_OFFSET)
+            proto = data[i, at]
             at += 8
             if word >> 3:  # non-zero offset
                 drop = D_FRAGMENT if non_first_fragment_drops else 0
@@ -420,7 +420,7 @@ def parse_ip(row, l3, end, version, non_first_fragment_drops):  # type: ignore[n
                 )
             frag = 1
             continue
-        size = (np.int64(row[at + 1]) + 1) * 8
+        size = (np.int64(data[i, at + 1]) + 1) * 8
         if ip_end - at < size:
             return (
                 D_EXT,
@@ -439,13 +439,13 @@ def parse_ip(row, l3, end, version, non_first_fragment_drops):  # type: ignore[n
                 d_lo,
                 bits,
             )
-        proto = row[at]
+        proto = data[i, at]
         at += size
     return 0, ip_end, at, proto, ttl, tos, frag, total, 0, 0, s_hi, s_lo, d_hi, d_lo, bits
 
 
 @njit(cache=True, inline="always")
-def parse_l4(row, l4, ip_end, proto):  # type: ignore[no-untyped-def]
+def parse_l4(data, i, l4, ip_end, proto):  # type: ignore[no-untyped-def]
     """The transport header at ``l4``, bounded by the IP payload's end.
 
     Returns (drop, sport, dport, tcp_flags, icmp_type, icmp_code, payload offset,
@@ -457,10 +457,10 @@ def parse_l4(row, l4, ip_end, proto):  # type: ignore[no-untyped-def]
         bits = 1 << L_TCP
         if avail < TCP_LEN:
             return D_TRUNC_TCP, 0, 0, 0, 0, 0, l4, NONE, bits
-        sport = be16(row, l4)
-        dport = be16(row, l4 + 2)
-        flags = row[l4 + TCP_FLAGS]
-        offset = (row[l4 + TCP_OFFSET] >> 4) * 4
+        sport = be16(data, i, l4)
+        dport = be16(data, i, l4 + 2)
+        flags = data[i, l4 + TCP_FLAGS]
+        offset = (data[i, l4 + TCP_OFFSET] >> 4) * 4
         if offset < TCP_LEN or offset > avail:
             return D_TCP_OFFSET, sport, dport, flags, 0, 0, l4, NONE, bits
         return 0, sport, dport, flags, 0, 0, l4 + offset, NONE, bits
@@ -468,9 +468,9 @@ def parse_l4(row, l4, ip_end, proto):  # type: ignore[no-untyped-def]
         bits = 1 << L_UDP
         if avail < UDP_LEN:
             return D_TRUNC_UDP, 0, 0, 0, 0, 0, l4, NONE, bits
-        sport = be16(row, l4)
-        dport = be16(row, l4 + 2)
-        length = be16(row, l4 + UDP_LENGTH)
+        sport = be16(data, i, l4)
+        dport = be16(data, i, l4 + 2)
+        length = be16(data, i, l4 + UDP_LENGTH)
         if length < UDP_LEN or length > avail:
             return D_UDP_LENGTH, sport, dport, 0, 0, 0, l4, NONE, bits
         return 0, sport, dport, 0, 0, 0, l4 + UDP_LEN, UDP_PORT_NEXT[dport], bits
@@ -478,19 +478,19 @@ def parse_l4(row, l4, ip_end, proto):  # type: ignore[no-untyped-def]
         bits = 1 << layer
         if avail < ICMP_LEN:
             return D_TRUNC_ICMP, 0, 0, 0, 0, 0, l4, NONE, bits
-        kind = row[l4]
-        code = row[l4 + 1]
+        kind = data[i, l4]
+        code = data[i, l4 + 1]
         ident = 0
         if (layer == L_ICMP and (kind == 0 or kind == 8)) or (
             layer == L_ICMPV6 and (kind == 128 or kind == 129)
         ):
-            ident = be16(row, l4 + ICMP_IDENT)
+            ident = be16(data, i, l4 + ICMP_IDENT)
         return 0, ident, ident, 0, kind, code, l4 + ICMP_LEN, NONE, bits
     if layer == L_GRE:
         bits = 1 << L_GRE
         if avail < 4:
             return D_TRUNC_GRE, 0, 0, 0, 0, 0, l4, NONE, bits
-        flags = row[l4]
+        flags = data[i, l4]
         size = 4 + 4 * ((flags >> 7) & 1) + 4 * ((flags >> 5) & 1) + 4 * ((flags >> 4) & 1)
         if avail < size:
             return D_TRUNC_GRE, 0, 0, 0, 0, 0, l4, NONE, bits
@@ -517,7 +517,6 @@ def flow_hash(src_lo, dst_lo, sport, dport, proto):  # type: ignore[no-untyped-d
 def parse_rows(data, meta, count, non_first_fragment_drops):  # type: ignore[no-untyped-def]
     for i in range(count):
         m = meta[i]
-        row = data[i]
         start = m.start
         end = start + m.length
         # Every column parse owns is written, so a row can be parsed again.
@@ -566,7 +565,7 @@ def parse_rows(data, meta, count, non_first_fragment_drops):  # type: ignore[no-
         m.flow_hash = 0
 
         bits = 1 << L_ETHERNET
-        drop, ethertype, at, tags, vid0, vid1 = parse_l2(row, start, end, 2)
+        drop, ethertype, at, tags, vid0, vid1 = parse_l2(data, i, start, end, 2)
         m.ethertype = ethertype
         m.vlan_count = tags
         m.vlan_outer = vid0
@@ -605,7 +604,7 @@ def parse_rows(data, meta, count, non_first_fragment_drops):  # type: ignore[no-
                 d_hi,
                 d_lo,
                 ip_bits,
-            ) = parse_ip(row, at, end, version, non_first_fragment_drops)
+            ) = parse_ip(data, i, at, end, version, non_first_fragment_drops)
             bits |= ip_bits
             m.ip_version = version
             m.protocol = proto
@@ -622,7 +621,7 @@ def parse_rows(data, meta, count, non_first_fragment_drops):  # type: ignore[no-
             if drop == 0 and l4 >= 0:
                 m.l4 = l4
                 (drop, sport, dport, tcp_flags, icmp_type, icmp_code, payload, tunnel, l4_bits) = (
-                    parse_l4(row, l4, ip_end, proto)
+                    parse_l4(data, i, l4, ip_end, proto)
                 )
                 bits |= l4_bits
                 m.sport = sport
@@ -633,7 +632,7 @@ def parse_rows(data, meta, count, non_first_fragment_drops):  # type: ignore[no-
                 m.payload = payload
                 if drop == 0 and tunnel != NONE:
                     drop, inner_bits = parse_tunnel(
-                        row, m, payload, ip_end, tunnel, l4 + be16(row, l4 + UDP_LENGTH)
+                        data, i, m, payload, ip_end, tunnel, l4 + be16(data, i, l4 + UDP_LENGTH)
                     )
                     bits |= inner_bits
             elif drop == 0:  # a non-first fragment kept: no transport, no payload offset
@@ -651,7 +650,7 @@ def parse_rows(data, meta, count, non_first_fragment_drops):  # type: ignore[no-
 
 
 @njit(cache=True)
-def parse_tunnel(row, m, at, ip_end, tunnel, udp_end):  # type: ignore[no-untyped-def]
+def parse_tunnel(data, i, m, at, ip_end, tunnel, udp_end):  # type: ignore[no-untyped-def]
     """The tunnel header at ``at`` and the packet inside it. Returns (drop, layer bits)."""
     end = ip_end if tunnel == L_GRE else udp_end
     inner_l2 = -1
@@ -660,9 +659,9 @@ def parse_tunnel(row, m, at, ip_end, tunnel, udp_end):  # type: ignore[no-untype
     bits = 0
     if tunnel == L_GRE:
         l4 = m.l4
-        ethertype = be16(row, l4 + 2)
-        if row[l4] & 0x20:  # key present: it follows the optional checksum word
-            m.tunnel_id = be32(row, l4 + 4 + 4 * (row[l4] >> 7))
+        ethertype = be16(data, i, l4 + 2)
+        if data[i, l4] & 0x20:  # key present: it follows the optional checksum word
+            m.tunnel_id = be32(data, i, l4 + 4 + 4 * (data[i, l4] >> 7))
         m.tunnel = L_GRE
         kind = ETHERTYPE_NEXT[ethertype]
         if kind == L_ETHERNET:
@@ -678,20 +677,20 @@ def parse_tunnel(row, m, at, ip_end, tunnel, udp_end):  # type: ignore[no-untype
         if end - at < VXLAN_LEN:
             return D_TRUNC_VXLAN, bits
         m.tunnel = L_VXLAN
-        m.tunnel_id = be32(row, at + VXLAN_VNI - 1) & 0xFFFFFF
+        m.tunnel_id = be32(data, i, at + VXLAN_VNI - 1) & 0xFFFFFF
         inner_l2 = at + VXLAN_LEN
     elif tunnel == L_GENEVE:
         bits = 1 << L_GENEVE
         if end - at < GENEVE_LEN:
             return D_TRUNC_GENEVE, bits
-        if row[at] >> 6 != 0:
+        if data[i, at] >> 6 != 0:
             return D_GENEVE_VERSION, bits
-        size = GENEVE_LEN + (row[at] & 0x3F) * 4
+        size = GENEVE_LEN + (data[i, at] & 0x3F) * 4
         if end - at < size:
             return D_TRUNC_GENEVE, bits
         m.tunnel = L_GENEVE
-        m.tunnel_id = be32(row, at + GENEVE_VNI - 1) & 0xFFFFFF
-        kind = ETHERTYPE_NEXT[be16(row, at + GENEVE_PROTO)]
+        m.tunnel_id = be32(data, i, at + GENEVE_VNI - 1) & 0xFFFFFF
+        kind = ETHERTYPE_NEXT[be16(data, i, at + GENEVE_PROTO)]
         inner_at = at + size
         if kind == L_ETHERNET:
             inner_l2 = inner_at
@@ -706,31 +705,31 @@ def parse_tunnel(row, m, at, ip_end, tunnel, udp_end):  # type: ignore[no-untype
         bits = 1 << L_GTPU
         if end - at < GTPU_LEN:
             return D_TRUNC_GTPU, bits
-        flags = row[at]
+        flags = data[i, at]
         if flags >> 5 != 1:
             return D_GTPU_VERSION, bits
         m.tunnel = L_GTPU
-        m.tunnel_id = be32(row, at + GTPU_TEID)
+        m.tunnel_id = be32(data, i, at + GTPU_TEID)
         inner_at = at + GTPU_LEN
         if flags & 0x07:  # E, S or PN: sequence, N-PDU and next-extension follow
             if end - inner_at < 4:
                 return D_TRUNC_GTPU, bits
-            next_ext = row[inner_at + 3]
+            next_ext = data[i, inner_at + 3]
             inner_at += 4
             hops = 0
             while flags & 0x04 and next_ext != 0:
                 if hops == MAX_GTPU_EXT or end - inner_at < 4:
                     return D_TRUNC_GTPU, bits
-                size = np.int64(row[inner_at]) * 4
+                size = np.int64(data[i, inner_at]) * 4
                 if size == 0 or end - inner_at < size:
                     return D_TRUNC_GTPU, bits
-                next_ext = row[inner_at + size - 1]
+                next_ext = data[i, inner_at + size - 1]
                 inner_at += size
                 hops += 1
-        if row[at + GTPU_TYPE] != 255 or end - inner_at < 1:
+        if data[i, at + GTPU_TYPE] != 255 or end - inner_at < 1:
             m.payload = inner_at
             return 0, bits
-        nibble = row[inner_at] >> 4
+        nibble = data[i, inner_at] >> 4
         if nibble == 4 or nibble == 6:
             inner_version = nibble
         else:
@@ -741,7 +740,7 @@ def parse_tunnel(row, m, at, ip_end, tunnel, udp_end):  # type: ignore[no-untype
     if inner_l2 >= 0:
         bits |= 1 << (layers.INNER + L_ETHERNET)
         m.inner_l2 = inner_l2
-        drop, ethertype, inner_at, tags, _, _ = parse_l2(row, inner_l2, end, 2)
+        drop, ethertype, inner_at, tags, _, _ = parse_l2(data, i, inner_l2, end, 2)
         if tags:
             bits |= 1 << (layers.INNER + L_VLAN)
         if drop:
@@ -759,7 +758,7 @@ def parse_tunnel(row, m, at, ip_end, tunnel, udp_end):  # type: ignore[no-untype
     m.inner_l3 = inner_at
     m.inner_ip_version = inner_version
     (drop, inner_end, l4, proto, _, _, _, _, src4, dst4, s_hi, s_lo, d_hi, d_lo, ip_bits) = (
-        parse_ip(row, inner_at, end, inner_version, False)
+        parse_ip(data, i, inner_at, end, inner_version, False)
     )
     bits |= ip_bits << layers.INNER
     m.inner_protocol = proto
@@ -774,7 +773,9 @@ def parse_tunnel(row, m, at, ip_end, tunnel, udp_end):  # type: ignore[no-untype
     if l4 < 0:
         return 0, bits
     m.inner_l4 = l4
-    drop, sport, dport, tcp_flags, _, _, payload, _, l4_bits = parse_l4(row, l4, inner_end, proto)
+    drop, sport, dport, tcp_flags, _, _, payload, _, l4_bits = parse_l4(
+        data, i, l4, inner_end, proto
+    )
     bits |= l4_bits << layers.INNER
     m.inner_sport = sport
     m.inner_dport = dport
