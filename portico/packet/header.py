@@ -205,14 +205,25 @@ class Header:
         end = offset + cls.SIZE
         if end > len(buf):
             raise TruncatedError(cls.NAME, need=cls.SIZE, have=max(0, len(buf) - offset))
-        word = int.from_bytes(buf[offset:end], "big")
         header = cls.__new__(cls)
+        header.__dict__.update(cls.fixed_fields(buf, offset))
+        object.__setattr__(header, "options", b"")
+        return header, header.unpack_variable(buf, end)
+
+    @classmethod
+    def fixed_fields(cls, buf: bytes | memoryview, offset: int = 0) -> dict[str, int]:
+        """The declared fields at ``offset``, unchecked: the caller made sure SIZE bytes are there.
+
+        No variable part and no validation, so a caller (the parser's scalar twin)
+        can apply its own checks in its own order.
+        """
+        word = int.from_bytes(buf[offset : offset + cls.SIZE], "big")
+        values = {}
         remaining = cls.SIZE * 8
         for f in cls.FIELDS:
             remaining -= f.bits
-            object.__setattr__(header, f.name, (word >> remaining) & ((1 << f.bits) - 1))
-        object.__setattr__(header, "options", b"")
-        return header, header.unpack_variable(buf, end)
+            values[f.name] = (word >> remaining) & ((1 << f.bits) - 1)
+        return values
 
     def unpack_variable(self, buf: bytes | memoryview, offset: int) -> int:
         """Decode what follows the fixed part; return the offset past it."""

@@ -49,13 +49,7 @@ def _fixed(cls: type[Header], buf: bytes, at: int, end: int, reason: ParseDrop) 
     """
     if end - at < cls.SIZE:
         raise _Drop(reason)
-    word = int.from_bytes(buf[at : at + cls.SIZE], "big")
-    values = {}
-    remaining = cls.SIZE * 8
-    for field in cls.FIELDS:
-        remaining -= field.bits
-        values[field.name] = (word >> remaining) & ((1 << field.bits) - 1)
-    return SimpleNamespace(**values)
+    return SimpleNamespace(**cls.fixed_fields(buf, at))
 
 
 def _empty(start: int) -> dict[str, int]:
