@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import gc
 import importlib.metadata
@@ -77,6 +78,15 @@ from typing import Any
 
 import numpy as np
 
+from bench.classify import (
+    FULL_CLASSIFY,
+    QUICK_CLASSIFY,
+    ClassifySettings,
+    classify_target_lines,
+    format_classify,
+    run_classify,
+)
+from bench.lpm import FULL_LPM, QUICK_LPM, LpmSettings, format_lpm, lpm_target_lines, run_lpm
 from bench.peers import PEERS
 from bench.workloads import (
     WORKLOADS,
@@ -94,6 +104,10 @@ from bench.workloads import (
     write_capture,
 )
 
+# Beside the packet workloads: route lookups (bench/lpm.py) and the container
+# classifier (bench/classify.py), each reported in its own table.
+CLASSIFY_WORKLOADS = ("classify", "classify-update")
+ALL_WORKLOADS = (*WORKLOADS, "lpm", *CLASSIFY_WORKLOADS)
 PEER_NAMES = ("struct", "dpkt", "scapy")
 RESIDENT = 1 << 14  # packets in the cache-resident working set: 4 MiB of slots
 SWEEP = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -114,12 +128,15 @@ class Settings:
     samples: dict[str, int] = field(default_factory=dict)  # peer -> packets
     peer_repeats: int = 3
     quick: bool = False
+    lpm: LpmSettings = FULL_LPM
+    classify: ClassifySettings = FULL_CLASSIFY
 
 
 FULL = Settings(packets=1 << 18, batches=SWEEP, repeats=7,
                 samples={"struct": 1 << 18, "dpkt": 50_000, "scapy": 5_000})
 QUICK = Settings(packets=1 << 16, batches=(256, 4096), repeats=3,
-                 samples={"struct": 20_000, "dpkt": 5_000, "scapy": 500}, quick=True)
+                 samples={"struct": 20_000, "dpkt": 5_000, "scapy": 500}, quick=True,
+                 lpm=QUICK_LPM, classify=QUICK_CLASSIFY)
 
 
 # ---------------------------------------------------------------- timing
@@ -315,8 +332,10 @@ def run_bench(settings: Settings, workloads: Sequence[str],
     machine["pinned_cpu"] = pin_to_one_cpu()
     status("compiling (Numba first call)")
     machine["numba_first_call_s"] = round(first_call_seconds(), 3)
-    status(f"generating {settings.packets} packets")
-    pool = make_pool(bench_spec(settings.packets))
+    packet_workloads = [name for name in workloads if name in WORKLOADS]
+    if packet_workloads:
+        status(f"generating {settings.packets} packets")
+        pool = make_pool(bench_spec(settings.packets))
     entries = []
     with contextlib.ExitStack() as scratch:
         capture, capture_bytes = None, None
@@ -326,8 +345,12 @@ def run_bench(settings: Settings, workloads: Sequence[str],
             capture = Path(folder) / "pool.pcap"
             write_capture(pool, capture)
             capture_bytes = len(capture.read_bytes())  # into the page cache, for everyone
-        for workload in workloads:
+        for workload in packet_workloads:
             entries += run_workload(workload, pool, settings, capture, status)
+    if "lpm" in workloads:
+        entries += run_lpm(settings.lpm, status)
+    if any(name in workloads for name in CLASSIFY_WORKLOADS):
+        entries += run_classify(settings.classify, workloads, status)
     run = {"quick": settings.quick,
            "repeats": settings.repeats, "peer_repeats": settings.peer_repeats,
            "traffic": "64-byte IPv4 frames, TCP/UDP 50/50, 100k flows, uniform",
@@ -357,17 +380,20 @@ def format_table(report: dict[str, Any]) -> str:
              f"{'workload':<9}{'batch':>7}{'portico pps':>14}{'streaming':>12}"
              + "".join(f"{name + ' pps':>13}" for name in PEER_NAMES)
              + "".join(f"{'x ' + name:>10}" for name in PEER_NAMES)]
-    for entry in report["workloads"]:
+    entries = [e for e in report["workloads"] if e["name"] in WORKLOADS]
+    if not entries:
+        lines = lines[:2]
+    for entry in entries:
         lines.append(f"{entry['name']:<9}{entry['batch']:>7}{_rate(entry['pps']):>14}"
                      f"{_rate(entry['pps_streaming']):>12}"
                      + "".join(f"{_rate(entry['peers'][n]):>13}" for n in PEER_NAMES)
                      + "".join(f"{entry['ratios'][n]:>10,.0f}" for n in PEER_NAMES))
-    entries = report["workloads"]
     samples = entries[0]["peer_packets"] if entries else {}
-    lines += ["", "peers timed on the first " + ", ".join(
-        f"{count} packets ({name})" for name, count in samples.items())
-        + f" of the {entries[0]['packets'] if entries else 0}; "
-        "outputs checked equal to struct's (read: to the pool's packets)"]
+    if entries:
+        lines += ["", "peers timed on the first " + ", ".join(
+            f"{count} packets ({name})" for name, count in samples.items())
+            + f" of the {entries[0]['packets']}; "
+            "outputs checked equal to struct's (read: to the pool's packets)"]
     processing = [e for e in entries if e["name"] != "read"]
     if processing:
         lines.append(f"portico pps: a cache-resident working set of "
@@ -376,6 +402,8 @@ def format_table(report: dict[str, Any]) -> str:
     if any(e["name"] == "read" for e in entries):
         lines.append("read: a classic pcap file of the pool's packets, in the page cache "
                      "(one regime: streaming = pps); scapy is RawPcapReader")
+    lines += format_lpm([e for e in report["workloads"] if e["name"] == "lpm"])
+    lines += format_classify(report["workloads"])
     lines += [""] + [f"target: {line}" for line in target_lines(report)]
     return "\n".join(lines)
 
@@ -399,7 +427,8 @@ def target_lines(report: dict[str, Any]) -> list[str]:
                 verdict = "met" if value >= ratio else "MISSED"
                 lines.append(f"{workload} >= {ratio:g}x {peer} at batch 256: "
                              f"{value:,.0f}x, {verdict}")
-    return lines
+    lines += lpm_target_lines([e for e in report["workloads"] if e["name"] == "lpm"])
+    return lines + classify_target_lines(report["workloads"])
 
 
 def plot(report: dict[str, Any], path: str | Path) -> None:
@@ -411,7 +440,8 @@ def plot(report: dict[str, Any], path: str | Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     styles = {"parse": ("tab:blue", "o"), "snat": ("tab:red", "s"), "read": ("tab:green", "^")}
-    for workload in dict.fromkeys(e["name"] for e in report["workloads"]):
+    for workload in dict.fromkeys(e["name"] for e in report["workloads"]
+                                  if e["name"] in WORKLOADS):
         entries = sorted((e for e in report["workloads"] if e["name"] == workload),
                          key=lambda e: e["batch"])
         color, marker = styles.get(workload, ("black", "x"))
@@ -461,8 +491,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="fewer packets, batch 256 and 4096 only (under a minute)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--workload", action="append", choices=WORKLOADS, metavar="NAME",
-                        help=f"run only this workload ({', '.join(WORKLOADS)}); repeatable")
+    parser.add_argument("--workload", action="append", choices=ALL_WORKLOADS, metavar="NAME",
+                        help=f"run only this workload ({', '.join(ALL_WORKLOADS)}); "
+                             "repeatable")
     parser.add_argument("--batch", action="append", type=_positive, metavar="B",
                         help="batch size for Portico; repeatable (default: a sweep "
                              "32..16384, or 256 and 4096 with --quick)")
@@ -474,16 +505,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     base = QUICK if args.quick else FULL
     packets = args.packets or base.packets
-    return Settings(packets=packets,
-                    batches=tuple(dict.fromkeys(args.batch)) if args.batch else base.batches,
+    batches = tuple(dict.fromkeys(args.batch)) if args.batch else None
+    lpm = dataclasses.replace(base.lpm, batches=batches) if batches else base.lpm
+    return Settings(packets=packets, batches=batches or base.batches,
                     repeats=base.repeats, samples=base.samples,
-                    peer_repeats=base.peer_repeats, quick=base.quick)
+                    peer_repeats=base.peer_repeats, quick=base.quick, lpm=lpm,
+                    classify=base.classify)
 
 
 def run(args: argparse.Namespace) -> int:
     """``portico bench``: 0 on success, 1 if the contenders disagree."""
     settings = settings_from_args(args)
-    workloads = tuple(dict.fromkeys(args.workload)) if args.workload else WORKLOADS
+    workloads = tuple(dict.fromkeys(args.workload)) if args.workload else ALL_WORKLOADS
     chatty = sys.stderr.isatty()
 
     def status(text: str) -> None:
