@@ -1,41 +1,57 @@
 """The batch classifier: the first matching rule for every packet, in one compiled pass.
 
-Theory of operation. Rules are numbered in match order (``RuleSet.ordered``), so
-rule ``r`` is bit ``r`` of a bitset and the answer for a packet is the lowest bit
-set in the AND of one bitset per dimension:
+Theory of operation.
+
+*Bitsets.* Number the rules in match order (``RuleSet.ordered``): the answer for
+a packet is the lowest rule whose bit is set in the AND of one bitset per
+dimension. For each dimension, every value a packet can have maps to a row of
+rule bits:
 
 * source and destination address: the container store maps an address to its
   *class* (the set of containers and rule literals holding it) through its LPM
-  table, so a packet costs one LPM lookup per address. Each class has a row of
-  rule bits per direction of use: rules whose source matches any key of the
-  class (plus the rules whose source is "any"), and the same for destinations.
+  table, one lookup per address. Each class has a row for its use as a source
+  (rules whose source is any of the class's keys, or "any") and one as a
+  destination.
 * protocol: a row per protocol number.
-* source and destination port: the 65,536 values fall into elementary
-  intervals between the rules' range bounds; a table maps a port to its
-  interval's row. Packets of protocols without ports use one more row: the
-  rules with no port constraint.
-* ICMP type and code: the same interval scheme over ``type << 8 | code``, with
-  one more row (rules with no ICMP constraint) for packets that are not ICMP.
+* source and destination port, ICMP type/code (``type << 8 | code``): the values fall into
+  elementary intervals between the rules' bounds, and a table maps each value
+  to its interval's row. Packets without ports (or that are not ICMP) get one
+  more row: the rules with no constraint on that dimension.
 
-All rows live in one 2-D ``uint64`` array (one argument for the kernel, which
-pays per argument). Beside it, a summary array has one bit per 64-bit word of
-a row, set where the word is non-zero; the kernel ANDs the six summaries
-first and then only the candidate words, stopping at the first rule found, so
-with 10,000 rules (157 words) a packet usually reads a handful of words,
-not a thousand.
+*Partitions.* Rules that accept "any" source or destination, or any
+protocol, make those rows dense, and a first-match search over dense rows
+walks many words before it finds a rule that all dimensions agree on. So the
+destination port, which nearly every rule constrains, is also a *cut*: its
+elementary intervals are grouped by the set of rules they admit, and each
+distinct set is a partition with its own, local, bit numbering (in match
+order). A packet's destination port picks its partition, and the search runs
+over that partition's few words only: with 10,000 rules spread over a couple
+of hundred service ports, two or three words instead of 157. A partition's
+words are a column range of every row, so a class's row is still computed
+once (an OR of its keys' rows) whatever the number of partitions.
 
-Changes. The container store tells the classifier when a class comes into use
-or is released; only that class's two rows are computed (from per-key rule
-bitsets), so adding or removing an address costs the few LPM entries and rows
-it touches, never the whole structure. A change of rules recompiles the
-rule-indexed rows (numbering is positional) but leaves the trie, the classes
-and the LPM tables alone.
+Partitions cost memory: every row is as wide as all partitions together, and
+a rule admitted by many intervals is in many partitions. So the classifier
+partitions only when the tables fit ``memory_budget``; otherwise it keeps one
+partition holding every rule. The destination port stays a row as well, so
+both layouts answer the same (the row is redundant inside a port partition).
+
+*Summaries.* Beside the rows, one bit per 64-bit word of a row (per
+partition) says whether the word is non-zero. The kernel ANDs the
+summaries of the five rows first and then only the candidate words,
+stopping at the first rule found.
+
+*Changes.* The container store tells the classifier when a class comes into
+use or is released; only that class's two rows are computed, so adding or
+removing an address costs the few LPM entries and rows it touches. A change
+of rules renumbers them and rebuilds the rule-indexed rows (the trie, the
+classes and the LPM tables stay as they are). All rows live in one 2-D
+array, because a Numba call pays per argument.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 import numpy as np
 from numba import njit
@@ -43,14 +59,20 @@ from numba import njit
 from portico.batch import Batch
 from portico.classify.containers import ContainerStore, Literal
 from portico.classify.lpm4 import NO_MATCH, lookup4
-from portico.classify.rules import PORT_PROTOCOLS, Rule, RuleSet
+from portico.classify.rules import Rule, RuleSet
 
 NO_RULE = -1
-PORTLESS = 65536  # the extra row of the port dimensions: packets without ports
-NOT_ICMP = 65536  # the extra row of the ICMP dimension
+PORTLESS = 65536  # the extra value of the port dimensions: packets without ports
+NOT_ICMP = 65536  # the extra value of the ICMP dimension
+VALUES = 65537  # values per dimension in ``value_row``, the extra one included
+DEFAULT_MEMORY_BUDGET = 512 << 20  # bytes of rows a classifier may use to partition
+Span = Callable[[Rule], tuple[int, int]]
+Test = Callable[[Rule], bool]
 
-# Positions in ``layout`` (the kernel's map of the row array).
-PROTO_BASE, SPORT_BASE, DPORT_BASE, ICMP_BASE, CLASS_BASE, WORDS, SUMMARY = range(7)
+# Positions in ``layout``.
+PROTO_BASE, SPORT_BASE, ICMP_BASE, DPORT_BASE, CLASS_BASE = range(5)
+# Columns of ``parts``: per partition, its words and summary words and its rules.
+P_OFFSET, P_WORDS, P_SUMMARY_OFFSET, P_SUMMARY_WORDS, P_RULES = range(5)
 
 # De Bruijn lookup for the index of a 64-bit word's lowest set bit.
 _DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
@@ -67,16 +89,16 @@ def lowest_bit(word: np.uint64) -> int:
 
 @njit(cache=True)
 def classify_kernel(meta, rows_in, count, rows, summary, value_row, layout,  # type: ignore[no-untyped-def]
-                    tbl24, tbl8, class6, out):
-    """First matching rule index for ``meta[rows_in[k]]``, into ``out[k]`` (-1: none).
+                    parts, part_rules, tbl24, tbl8, class6, out):
+    """Index of the first matching rule for ``meta[rows_in[k]]`` into ``out[k]`` (-1: none).
 
-    ``value_row`` holds, per dimension, the row index of each port / ICMP value
-    (three blocks of 65,537); ``class6`` holds the (src, dst) classes of IPv6 rows,
-    looked up before the call.
+    ``value_row`` holds four blocks of ``VALUES``: the partition of each destination
+    port, the row of each source port, of each ICMP type/code, of each destination
+    port. ``class6``
+    holds the (src, dst) classes of IPv6 rows, looked up before the call.
     """
     proto_base = layout[PROTO_BASE]
     class_base = layout[CLASS_BASE]
-    n_summary = layout[SUMMARY]
     for k in range(count):
         i = rows_in[k]
         m = meta[i]
@@ -98,32 +120,32 @@ def classify_kernel(meta, rows_in, count, rows, summary, value_row, layout,  # t
         proto = np.int64(m.protocol)
         r_proto = proto_base + proto
         if proto == 6 or proto == 17 or proto == 132:
-            r_sport = value_row[np.int64(m.sport)]
-            r_dport = value_row[65537 + np.int64(m.dport)]
+            part = value_row[np.int64(m.dport)]
+            r_sport = value_row[VALUES + np.int64(m.sport)]
+            r_dport = value_row[3 * VALUES + np.int64(m.dport)]
         else:
-            r_sport = value_row[PORTLESS]
-            r_dport = value_row[65537 + PORTLESS]
+            part = value_row[PORTLESS]
+            r_sport = value_row[VALUES + PORTLESS]
+            r_dport = value_row[3 * VALUES + PORTLESS]
         if proto == 1 or proto == 58:
-            r_icmp = value_row[2 * 65537 + (np.int64(m.icmp_type) << 8) + np.int64(m.icmp_code)]
+            r_icmp = value_row[2 * VALUES + (np.int64(m.icmp_type) << 8) + np.int64(m.icmp_code)]
         else:
-            r_icmp = value_row[2 * 65537 + NOT_ICMP]
+            r_icmp = value_row[2 * VALUES + NOT_ICMP]
+        offset = parts[part, P_OFFSET]
+        summary_offset = parts[part, P_SUMMARY_OFFSET]
         found = NO_RULE
-        for s in range(n_summary):
-            candidates = (summary[r_src, s] & summary[r_dst, s] & summary[r_proto, s]
-                          & summary[r_sport, s] & summary[r_dport, s] & summary[r_icmp, s])
+        for s in range(parts[part, P_SUMMARY_WORDS]):
+            at = summary_offset + s
+            candidates = (summary[r_src, at] & summary[r_dst, at] & summary[r_proto, at]
+                          & summary[r_sport, at] & summary[r_icmp, at] & summary[r_dport, at])
             while candidates:
                 w = s * 64 + lowest_bit(candidates)
                 candidates &= candidates - np.uint64(1)
-                # Most selective first: a word that goes to zero costs one or two loads.
-                bits = rows[r_dport, w]
+                bits = (rows[r_dport, offset + w] & rows[r_src, offset + w]
+                        & rows[r_dst, offset + w] & rows[r_proto, offset + w]
+                        & rows[r_sport, offset + w] & rows[r_icmp, offset + w])
                 if bits:
-                    bits &= rows[r_dst, w]
-                if bits:
-                    bits &= rows[r_src, w]
-                if bits:
-                    bits &= rows[r_sport, w] & rows[r_proto, w] & rows[r_icmp, w]
-                if bits:
-                    found = w * 64 + lowest_bit(bits)
+                    found = part_rules[parts[part, P_RULES] + w * 64 + lowest_bit(bits)]
                     break
             if found != NO_RULE:
                 break
@@ -140,98 +162,189 @@ def _intervals(ranges: list[tuple[int, int]], size: int) -> tuple[np.ndarray, li
     return index.astype(np.int64), cuts
 
 
+def _icmp_range(rule: Rule) -> tuple[int, int]:
+    if rule.icmp_type is None:
+        return (0, 65535)
+    if rule.icmp_code is None:
+        return (rule.icmp_type << 8, (rule.icmp_type << 8) | 0xFF)
+    key = (rule.icmp_type << 8) | rule.icmp_code
+    return (key, key)
+
+
 class Classifier:
     """One tenant's rules in one direction, compiled over that tenant's containers."""
 
-    def __init__(self, store: ContainerStore, rules: RuleSet) -> None:
+    def __init__(self, store: ContainerStore, rules: RuleSet, *,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
         self.store = store
+        self.memory_budget = memory_budget
         self.ruleset = rules
         self.rules: list[Rule] = []
         self.version = -1  # the RuleSet version compiled
         self._literals: list[Literal] = []
-        self._key_bits: dict[tuple[str, Hashable], np.ndarray] = {}
+        self._key_bits: dict[tuple[str, Hashable | None], np.ndarray] = {}
         self._class_keys: dict[int, frozenset[Hashable]] = {}
-        self._class_capacity = 0
+        self._class_capacity = 16
         self.compile()
         store.subscribe(self)
         # Recompile when the change lands, so ``rules`` and the tables never lag the set.
-        self._unsubscribe_rules = rules.subscribe(lambda _change: self.compile())
+        self._unsubscribe_rules: Callable[[], None] = rules.subscribe(
+            lambda _change: self.compile())
 
     # ---------------------------------------------------------------- compiling rules
     def compile(self) -> None:
-        """(Re)number the rules and build every rule-indexed row."""
+        """(Re)number the rules and build the partitions and every rule-indexed row."""
         rules = self.ruleset.ordered()
-        for literal in self._literals:
-            self.store.remove_literal(literal)
-        self._literals = []
-        key_of: list[tuple[Hashable | None, Hashable | None]] = []
-        for rule in rules:
-            keys: list[Hashable | None] = []
-            for match in (rule.src, rule.dst):
-                if match.container is not None:
-                    keys.append(match.container)
-                elif match.prefix is not None:
-                    literal = self.store.add_literal(match.prefix)
-                    self._literals.append(literal)
-                    keys.append(literal)
-                else:
-                    keys.append(None)
-            key_of.append((keys[0], keys[1]))
+        self._hold_literals(rules)
         self.rules = rules
         self.version = self.ruleset.version
-        n = len(rules)
-        self.words = max(1, math.ceil(n / 64))
-        self.summary_words = max(1, math.ceil(self.words / 64))
+        self._partition(rules)
+        # One entry per (partition, local rule): the word column and bit it sets.
+        member_rule = self.part_rules
+        member_col = np.repeat(self.parts[:, P_OFFSET], self._part_sizes) + self._local // 64
+        member_bit = np.left_shift(np.uint64(1), (self._local % 64).astype(np.uint64))
 
-        # Per-key rule bitsets for the address dimensions ("any" under key None).
-        self._key_bits = {}
-        for r, pair in enumerate(key_of):
-            for side, key in zip(("src", "dst"), pair, strict=True):
-                row = self._key_bits.setdefault((side, key), np.zeros(self.words, np.uint64))
-                row[r // 64] |= np.uint64(1 << (r % 64))
+        def contribute(block: np.ndarray, rows_of: Callable[[Rule], slice | list[int]]) -> None:
+            """Set each member's bit in the rows its rule admits (``slice(None)``: all)."""
+            everywhere = np.zeros(self.total_words, dtype=np.uint64)
+            picked_rows: list[int] = []
+            picked: list[int] = []
+            for j, r in enumerate(member_rule):
+                chosen = rows_of(rules[r])
+                if isinstance(chosen, slice):
+                    everywhere[member_col[j]] |= member_bit[j]
+                else:
+                    picked_rows += chosen
+                    picked += [j] * len(chosen)
+            block |= everywhere
+            if picked:
+                index = np.array(picked, dtype=np.int64)
+                np.bitwise_or.at(block, (np.array(picked_rows), member_col[index]),
+                                 member_bit[index])
 
-        # Protocol, ports and ICMP: blocks of rows, each rule's bit set over a slice of them.
-        proto_rows = np.zeros((256, self.words), dtype=np.uint64)
-        for r, rule in enumerate(rules):
-            picked = slice(None) if rule.protocol is None else rule.protocol
-            proto_rows[picked, r // 64] |= np.uint64(1 << (r % 64))
-        value_row = np.zeros(3 * 65537, dtype=np.int64)
-        blocks = [proto_rows]
+        blocks = []
+        proto = np.zeros((256, self.total_words), dtype=np.uint64)
+        contribute(proto, lambda rule: slice(None) if rule.protocol is None else [rule.protocol])
+        blocks.append(proto)
+        value_row = np.zeros(4 * VALUES, dtype=np.int64)
+        value_row[:VALUES] = self._value_part
         base = 256
         for d, (span, constrained) in enumerate((
             (lambda rule: (rule.sport.lo, rule.sport.hi), lambda rule: not rule.sport.is_full),
-            (lambda rule: (rule.dport.lo, rule.dport.hi), lambda rule: not rule.dport.is_full),
             (_icmp_range, lambda rule: rule.icmp_type is not None),
-        )):
+            # Inside a port partition every rule admits every port mapped to it, so the
+            # destination-port row only does work when there is a single partition.
+            (lambda rule: (rule.dport.lo, rule.dport.hi),
+             lambda rule: not self.partitioned and not rule.dport.is_full),
+        ), start=1):
             ranges = [span(rule) for rule in rules if constrained(rule)]
             index, cuts = _intervals(ranges, 65536)
             # One row per interval, and a last one for packets without ports / not ICMP:
-            # those match only the rules that do not constrain this dimension.
-            block = np.zeros((len(cuts) + 1, self.words), dtype=np.uint64)
-            for r, rule in enumerate(rules):
-                bit = np.uint64(1 << (r % 64))
-                if constrained(rule):
-                    lo, hi = span(rule)
-                    block[index[lo] : index[hi] + 1, r // 64] |= bit
-                else:
-                    block[:, r // 64] |= bit
-            value_row[d * 65537 : d * 65537 + 65536] = base + index
-            value_row[d * 65537 + 65536] = base + len(cuts)
+            # those match only the rules that leave this dimension open.
+            block = np.zeros((len(cuts) + 1, self.total_words), dtype=np.uint64)
+            def in_intervals(rule: Rule, span: Span = span, constrained: Test = constrained,
+                             index: np.ndarray = index) -> slice | list[int]:
+                if not constrained(rule):
+                    return slice(None)
+                lo, hi = span(rule)
+                return list(range(index[lo], index[hi] + 1))
+
+            def when_open(rule: Rule, constrained: Test = constrained) -> slice | list[int]:
+                return [] if constrained(rule) else slice(None)
+
+            contribute(block, in_intervals)
+            block[len(cuts)] = 0
+            contribute(block[len(cuts):], when_open)
+            value_row[d * VALUES : d * VALUES + 65536] = base + index
+            value_row[d * VALUES + 65536] = base + len(cuts)
             blocks.append(block)
             base += len(block)
-        self.layout = np.array(
-            [0, 256, 256 + len(blocks[1]), 256 + len(blocks[1]) + len(blocks[2]), base,
-             self.words, self.summary_words], dtype=np.int64)
+        self.layout = np.array([0, 256, 256 + len(blocks[1]),
+                                256 + len(blocks[1]) + len(blocks[2]), base], dtype=np.int64)
         self.value_row = value_row
-        self._class_capacity = max(16, self._class_capacity)
-        self.rows = np.zeros((base + 2 * self._class_capacity, self.words), dtype=np.uint64)
+
+        # Per-key rows for the address dimensions ("any" under key None).
+        self._key_bits = {}
+        for side, match_of in (("src", lambda rule: rule.src), ("dst", lambda rule: rule.dst)):
+            keys = [self._key(match_of(rules[r])) for r in member_rule]
+            for key in dict.fromkeys(keys):
+                self._key_bits[(side, key)] = np.zeros(self.total_words, dtype=np.uint64)
+            for j, key in enumerate(keys):
+                self._key_bits[(side, key)][member_col[j]] |= member_bit[j]
+
+        self.rows = np.zeros((base + 2 * self._class_capacity, self.total_words), np.uint64)
         self.rows[:base] = np.concatenate(blocks)
-        self.summary = np.zeros((self.rows.shape[0], self.summary_words), dtype=np.uint64)
+        self.summary = np.zeros((self.rows.shape[0], self.total_summary), dtype=np.uint64)
         self._summarize(0, base)
         for class_id, class_keys in self._class_keys.items():
             self._class_rows(class_id, class_keys)
-        self.actions = np.array([list(type(rule.action)).index(rule.action) for rule in rules],
-                                dtype=np.uint8)
+
+    def _hold_literals(self, rules: list[Rule]) -> None:
+        """Hold the new rules' literal prefixes in the store, then let the old ones go."""
+        held = [self.store.add_literal(m.prefix) for rule in rules for m in (rule.src, rule.dst)
+                if m.prefix is not None]
+        for literal in self._literals:
+            self.store.remove_literal(literal)
+        self._literals = held
+
+    @staticmethod
+    def _key(match: object) -> Hashable | None:
+        container = getattr(match, "container", None)
+        prefix = getattr(match, "prefix", None)
+        if container is not None:
+            return container
+        return Literal(prefix) if prefix is not None else None
+
+    def _partition(self, rules: list[Rule]) -> None:
+        """Group destination-port intervals by the rules they admit; lay the groups out."""
+        ranges = [(rule.dport.lo, rule.dport.hi) for rule in rules if not rule.dport.is_full]
+        index, cuts = _intervals(ranges, 65536)
+        open_rules = [r for r, rule in enumerate(rules) if rule.dport.is_full]
+        members: list[list[int]] = [list(open_rules) for _ in cuts]
+        for r, rule in enumerate(rules):
+            if not rule.dport.is_full:
+                for interval in range(index[rule.dport.lo], index[rule.dport.hi] + 1):
+                    members[interval].append(r)
+        groups: dict[tuple[int, ...], int] = {}
+        interval_part = []
+        for rule_list in [*members, open_rules]:  # the last: packets without ports
+            key = tuple(sorted(rule_list))
+            interval_part.append(groups.setdefault(key, len(groups)))
+        value_part = np.empty(VALUES, dtype=np.int64)
+        value_part[:65536] = np.array(interval_part[:-1])[index]
+        value_part[PORTLESS] = interval_part[-1]
+        # Rows: protocols, a few per port/ICMP interval, two per class (their capacity).
+        row_count = 256 + 3 * (len(cuts) + 1) + 2 * max(self._class_capacity, 2 * len(
+            self._class_keys))
+        width = sum(max(1, -(-len(key) // 64)) for key in groups)
+        self.partitioned = row_count * width * 8 <= self.memory_budget
+        if not self.partitioned:  # one partition: every rule, whatever the port
+            groups = {tuple(range(len(rules))): 0}
+            value_part[:] = 0
+        sizes = np.array([len(key) for key in groups], dtype=np.int64)
+        words = np.maximum(1, -(-sizes // 64))
+        summary_words = -(-words // 64)
+        parts = np.zeros((len(groups), 5), dtype=np.int64)
+        parts[:, P_OFFSET] = np.concatenate([[0], np.cumsum(words)[:-1]])
+        parts[:, P_WORDS] = words
+        parts[:, P_SUMMARY_OFFSET] = np.concatenate([[0], np.cumsum(summary_words)[:-1]])
+        parts[:, P_SUMMARY_WORDS] = summary_words
+        parts[:, P_RULES] = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        self.parts = parts
+        self.part_rules = np.array([r for key in groups for r in key], dtype=np.int64)
+        self._part_sizes = sizes
+        self._local = np.concatenate([np.arange(n) for n in sizes]) if len(sizes) else (
+            np.zeros(0, np.int64))
+        self._value_part = value_part
+        self.total_words = int(words.sum())
+        self.total_summary = int(summary_words.sum())
+        # Where each word's summary bit goes: summary word = segment, bit = word % 64 in part.
+        local_word = np.concatenate([np.arange(n) for n in words])
+        part_of_word = np.repeat(np.arange(len(words)), words)
+        self._summary_of_word = parts[part_of_word, P_SUMMARY_OFFSET] + local_word // 64
+        self._summary_weight = np.left_shift(np.uint64(1), (local_word % 64).astype(np.uint64))
+        self._segment_starts = np.flatnonzero(
+            np.r_[True, self._summary_of_word[1:] != self._summary_of_word[:-1]])
 
     def close(self) -> None:
         """Stop following the store and the rules, and give back the rule literals."""
@@ -268,26 +381,26 @@ class Classifier:
     def _class_rows(self, class_id: int, keys: frozenset[Hashable]) -> None:
         at = int(self.layout[CLASS_BASE]) + 2 * class_id
         for offset, side in ((0, "src"), (1, "dst")):
-            row = self._key_bits.get((side, None), np.zeros(self.words, np.uint64)).copy()
+            row = self.rows[at + offset]
+            any_bits = self._key_bits.get((side, None))
+            row[:] = 0 if any_bits is None else any_bits
             for key in keys:
                 found = self._key_bits.get((side, key))
                 if found is not None:
                     row |= found
-            self.rows[at + offset] = row
         self._summarize(at, at + 2)
 
     def _grow(self, need: int) -> None:
         capacity = max(need, 2 * self._class_capacity)
         extra = 2 * (capacity - self._class_capacity)
-        self.rows = np.concatenate([self.rows, np.zeros((extra, self.words), np.uint64)])
+        self.rows = np.concatenate([self.rows, np.zeros((extra, self.total_words), np.uint64)])
         self.summary = np.concatenate(
-            [self.summary, np.zeros((extra, self.summary_words), np.uint64)])
+            [self.summary, np.zeros((extra, self.total_summary), np.uint64)])
         self._class_capacity = capacity
 
     def _summarize(self, first: int, last: int) -> None:
-        nonzero = np.zeros((last - first, self.summary_words * 64), dtype=bool)
-        nonzero[:, : self.words] = self.rows[first:last] != 0
-        self.summary[first:last] = np.packbits(nonzero, axis=1, bitorder="little").view(np.uint64)
+        weighted = np.where(self.rows[first:last] != 0, self._summary_weight, np.uint64(0))
+        self.summary[first:last] = np.bitwise_or.reduceat(weighted, self._segment_starts, axis=1)
 
     # ---------------------------------------------------------------- lookups
     def classify(self, batch: Batch, rows: np.ndarray | None = None) -> np.ndarray:
@@ -306,20 +419,13 @@ class Classifier:
         out = np.empty(len(rows), dtype=np.int64)
         lpm = self.store.lpm4
         classify_kernel(meta, rows, len(rows), self.rows, self.summary, self.value_row,
-                        self.layout, lpm.tbl24, lpm.tbl8, class6, out)
+                        self.layout, self.parts, self.part_rules, lpm.tbl24, lpm.tbl8, class6,
+                        out)
         return out
 
     def memory_bytes(self) -> int:
-        return int(self.rows.nbytes + self.summary.nbytes + self.value_row.nbytes)
+        return int(self.rows.nbytes + self.summary.nbytes + self.value_row.nbytes
+                   + self.parts.nbytes + self.part_rules.nbytes)
 
 
-def _icmp_range(rule: Rule) -> tuple[int, int]:
-    if rule.icmp_type is None:
-        return (0, 65535)
-    if rule.icmp_code is None:
-        return (rule.icmp_type << 8, (rule.icmp_type << 8) | 0xFF)
-    key = (rule.icmp_type << 8) | rule.icmp_code
-    return (key, key)
-
-
-__all__ = ["NO_RULE", "Classifier", "PORT_PROTOCOLS", "classify_kernel"]
+__all__ = ["NO_RULE", "Classifier", "classify_kernel"]

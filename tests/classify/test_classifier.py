@@ -241,8 +241,12 @@ def test_classifier_equals_brute_force(data: st.DataObject) -> None:
         store.include("c", "b")
     rules = RuleSet(tenant="t", direction="ingress")
     rules.replace_all(data.draw(rule_sets()))
-    classifier = Classifier(store, rules)
-    check_against_reference(store, classifier, data.draw(traffic(held)))
+    partitioned = Classifier(store, rules)
+    single = Classifier(store, rules, memory_budget=0)  # one partition: every rule
+    assert partitioned.partitioned and not single.partitioned
+    batch = data.draw(traffic(held))
+    check_against_reference(store, partitioned, batch)
+    check_against_reference(store, single, batch)
 
 
 @SLOW
