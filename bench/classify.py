@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from portico.batch import Batch
+from portico.classify.classifier import DEFAULT_MEMORY_BUDGET
 
 SERVICE_PORTS = np.array(sorted({20, 21, 22, 23, 25, 53, 67, 68, 69, 80, 88, 110, 111, 123, 135,
                                  137, 138, 139, 143, 161, 162, 179, 389, 443, 445, 465, 500, 514,
@@ -46,6 +47,7 @@ SERVICE_PORTS = np.array(sorted({20, 21, 22, 23, 25, 53, 67, 68, 69, 80, 88, 110
                                  9418, 10250, 11211, 15672, 27017, 50000}))
 TARGET_CLASSIFY = (10_000, 10.0)  # issue 3: >= 10 Mpps against 10k rules
 TARGET_UPDATE_US = 50.0
+UNBOUNDED = 1 << 62  # a memory budget that always lets the classifier partition
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,6 @@ def _median_s(work: Callable[[], object], repeats: int) -> float:
 def run_classify(settings: ClassifySettings, workloads: Sequence[str],
                  status: Callable[[str], None] = lambda _: None) -> list[dict[str, Any]]:
     from portico.classify.classifier import Classifier
-    from portico.classify.reference import classify_rows
     from portico.classify.rules import Direction, RuleSet
 
     status("classify: building containers")
@@ -158,49 +159,10 @@ def run_classify(settings: ClassifySettings, workloads: Sequence[str],
     if "classify" in workloads:
         rules = RuleSet(tenant="bench", direction=Direction.INGRESS)
         rules.replace_all(make_rules(settings.rules, settings.containers))
-        began = time.perf_counter()
-        classifier = Classifier(store, rules)
-        compile_s = time.perf_counter() - began
         traffic = make_traffic(networks, settings.packets)
-        status("classify: linear scan (the reference) on a sample")
-        sample = np.arange(min(settings.linear_sample, traffic.count))
-        ordered = rules.ordered()
-        began = time.perf_counter()
-        want = classify_rows(ordered, traffic.meta[sample], store.holds)
-        linear_pps = len(sample) / (time.perf_counter() - began)
-        got = classifier.classify(traffic, sample)
-        if list(got) != list(want):
-            from bench.workloads import MismatchError
-
-            bad = int(np.flatnonzero(np.asarray(got) != np.asarray(want))[0])
-            raise MismatchError(f"classify: packet {bad}: classifier chose rule {got[bad]}, "
-                                f"the linear scan {want[bad]}")
-        everything = classifier.classify(traffic)
-        specific = float(np.mean(everything < len(ordered) - 1))
-        for size in settings.batches:
-            status(f"classify: portico at batch {size}")
-            cuts = [np.arange(first, min(first + size, traffic.count))
-                    for first in range(0, traffic.count, size)]
-
-            def work(cuts: list[np.ndarray] = cuts) -> None:
-                for rows in cuts:
-                    classifier.classify(traffic, rows)
-
-            work()
-            pps = traffic.count / _median_s(work, settings.repeats)
-            entries.append({
-                "name": "classify", "packets": traffic.count, "batch": size, "pps": round(pps),
-                "rules": len(ordered), "containers": settings.containers,
-                "prefixes": settings.prefixes, "specific_match_share": round(specific, 3),
-                "peers": {"linear": round(linear_pps), "nftables": None},
-                "peer_packets": {"linear": len(sample)},
-                "ratios": {"linear": round(pps / linear_pps, 1)},
-                "build_s": {"containers": round(containers_s, 2), "rules": round(compile_s, 2)},
-                "memory_bytes": {"classifier": classifier.memory_bytes(),
-                                 "lpm4": store.lpm4.memory_bytes()},
-                "trie_nodes": store.node_count(), "classes": store.class_count(),
-            })
-        classifier.close()
+        for budget in (DEFAULT_MEMORY_BUDGET, UNBOUNDED):
+            entries += _classify_one(store, rules, traffic, settings, budget, containers_s,
+                                     status)
     if "classify-update" in workloads:
         rng = np.random.default_rng(11)
         for count in settings.update_rules:
@@ -233,6 +195,61 @@ def run_classify(settings: ClassifySettings, workloads: Sequence[str],
     return entries
 
 
+def _classify_one(store: Any, rules: Any, traffic: Batch, settings: ClassifySettings,
+                  budget: int, containers_s: float,
+                  status: Callable[[str], None]) -> list[dict[str, Any]]:
+    """One classifier over ``rules`` with a memory budget, timed per batch size."""
+    from portico.classify.classifier import Classifier
+    from portico.classify.reference import classify_rows
+
+    entries: list[dict[str, Any]] = []
+    began = time.perf_counter()
+    classifier = Classifier(store, rules, memory_budget=budget)
+    compile_s = time.perf_counter() - began
+    layout = "partitioned" if classifier.partitioned else "single"
+    status("classify: linear scan (the reference) on a sample")
+    sample = np.arange(min(settings.linear_sample, traffic.count))
+    ordered = rules.ordered()
+    began = time.perf_counter()
+    want = classify_rows(ordered, traffic.meta[sample], store.holds)
+    linear_pps = len(sample) / (time.perf_counter() - began)
+    got = classifier.classify(traffic, sample)
+    if list(got) != list(want):
+        from bench.workloads import MismatchError
+
+        bad = int(np.flatnonzero(np.asarray(got) != np.asarray(want))[0])
+        raise MismatchError(f"classify: packet {bad}: classifier chose rule {got[bad]}, "
+                            f"the linear scan {want[bad]}")
+    everything = classifier.classify(traffic)
+    specific = float(np.mean(everything < len(ordered) - 1))
+    for size in settings.batches:
+        status(f"classify: portico at batch {size}")
+        cuts = [np.arange(first, min(first + size, traffic.count))
+                for first in range(0, traffic.count, size)]
+
+        def work(cuts: list[np.ndarray] = cuts) -> None:
+            for rows in cuts:
+                classifier.classify(traffic, rows)
+
+        work()
+        pps = traffic.count / _median_s(work, settings.repeats)
+        entries.append({
+            "name": "classify", "packets": traffic.count, "batch": size, "pps": round(pps),
+            "layout": layout, "memory_budget": None if budget == UNBOUNDED else budget,
+            "rules": len(ordered), "containers": settings.containers,
+            "prefixes": settings.prefixes, "specific_match_share": round(specific, 3),
+            "peers": {"linear": round(linear_pps), "nftables": None},
+            "peer_packets": {"linear": len(sample)},
+            "ratios": {"linear": round(pps / linear_pps, 1)},
+            "build_s": {"containers": round(containers_s, 2), "rules": round(compile_s, 2)},
+            "memory_bytes": {"classifier": classifier.memory_bytes(),
+                             "lpm4": store.lpm4.memory_bytes()},
+            "trie_nodes": store.node_count(), "classes": store.class_count(),
+        })
+    classifier.close()
+    return entries
+
+
 def format_classify(entries: Sequence[dict[str, Any]]) -> list[str]:
     lines: list[str] = []
     looks = [e for e in entries if e["name"] == "classify"]
@@ -242,14 +259,16 @@ def format_classify(entries: Sequence[dict[str, Any]]) -> list[str]:
                   f"holding {first['prefixes']} prefixes; {first['trie_nodes']} trie nodes, "
                   f"{first['classes']} classes; "
                   f"{first['specific_match_share']:.0%} of packets meet a rule before the default",
-                  f"{'batch':>7}{'portico pps':>14}{'linear pps':>13}{'x linear':>10}"]
+                  f"{'budget':>10}{'layout':>13}{'memory':>10}{'build s':>9}{'batch':>7}"
+                  f"{'portico pps':>14}{'linear pps':>12}{'x linear':>10}"]
         for e in looks:
-            lines.append(f"{e['batch']:>7}{e['pps'] / 1e6:>12.2f} M{e['peers']['linear']:>13,}"
-                         f"{e['ratios']['linear']:>10,.0f}")
-        mem = first["memory_bytes"]
-        lines.append(f"build: containers {first['build_s']['containers']} s, rules "
-                     f"{first['build_s']['rules']} s; memory: classifier "
-                     f"{mem['classifier'] / 2**20:.1f} MiB, LPM {mem['lpm4'] / 2**20:.1f} MiB; "
+            budget = "none" if e["memory_budget"] is None else f"{e['memory_budget'] >> 20} MiB"
+            lines.append(f"{budget:>10}{e['layout']:>13}"
+                         f"{e['memory_bytes']['classifier'] / 2**20:>6.0f} MiB"
+                         f"{e['build_s']['rules']:>9}{e['batch']:>7}{e['pps'] / 1e6:>12.2f} M"
+                         f"{e['peers']['linear']:>12,}{e['ratios']['linear']:>10,.0f}")
+        lines.append(f"containers built in {first['build_s']['containers']} s; LPM "
+                     f"{first['memory_bytes']['lpm4'] / 2**20:.0f} MiB; "
                      "nftables/ipset: not measured (needs the namespace lab)")
     updates = [e for e in entries if e["name"] == "classify-update"]
     if updates:
@@ -268,8 +287,11 @@ def classify_target_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
         if e["name"] == "classify" and e["batch"] == 256:
             value = e["pps"] / 1e6
             verdict = "met" if value >= mpps else "MISSED"
+            budget = ("no memory budget" if e["memory_budget"] is None
+                      else f"{e['memory_budget'] >> 20} MiB budget")
             lines.append(f"classify >= {mpps:g} Mpps at batch 256 against {rules} rules "
-                         f"({e['rules']} here): {value:.2f} Mpps, {verdict}")
+                         f"({e['rules']} here, {budget}, {e['layout']}): {value:.2f} Mpps, "
+                         f"{verdict}")
         if e["name"] == "classify-update":
             verdict = "met" if e["median_us"] <= TARGET_UPDATE_US else "MISSED"
             lines.append(f"classify-update <= {TARGET_UPDATE_US:g} us median with {e['rules']} "

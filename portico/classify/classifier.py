@@ -65,6 +65,7 @@ NO_RULE = -1
 PORTLESS = 65536  # the extra value of the port dimensions: packets without ports
 NOT_ICMP = 65536  # the extra value of the ICMP dimension
 VALUES = 65537  # values per dimension in ``value_row``, the extra one included
+SMALL_PART = 8  # partitions of up to this many words are searched without summaries
 DEFAULT_MEMORY_BUDGET = 512 << 20  # bytes of rows a classifier may use to partition
 Span = Callable[[Rule], tuple[int, int]]
 Test = Callable[[Rule], bool]
@@ -94,14 +95,19 @@ def classify_kernel(meta, rows_in, count, rows, summary, value_row, layout,  # t
 
     ``value_row`` holds four blocks of ``VALUES``: the partition of each destination
     port, the row of each source port, of each ICMP type/code, of each destination
-    port. ``class6``
-    holds the (src, dst) classes of IPv6 rows, looked up before the call.
+    port. ``class6`` holds the (src, dst) classes of IPv6 rows, looked up before the call.
+
+    Two passes: the first finds every packet's rows (the LPM loads, which miss
+    cache), the second searches them. Each pass is a tight loop of independent
+    iterations, so the processor overlaps one packet's cache misses with the next's.
     """
     proto_base = layout[PROTO_BASE]
     class_base = layout[CLASS_BASE]
+    # Pass 1: the six rows of each packet (r_src, r_dst, r_proto, r_sport, r_icmp,
+    # r_dport) and its partition; partition -1 marks a packet outside the rules' domain.
+    picked = np.empty((count, 7), dtype=np.int64)
     for k in range(count):
-        i = rows_in[k]
-        m = meta[i]
+        m = meta[rows_in[k]]
         if m.ip_version == 4:
             src_class = lookup4(tbl24, tbl8, m.src4)
             dst_class = lookup4(tbl24, tbl8, m.dst4)
@@ -109,31 +115,56 @@ def classify_kernel(meta, rows_in, count, rows, summary, value_row, layout,  # t
             src_class = class6[k, 0]
             dst_class = class6[k, 1]
         else:
-            out[k] = NO_RULE  # not IP: outside the rules' domain
+            picked[k, 6] = -1  # not IP: outside the rules' domain
             continue
         if src_class == NO_MATCH:
             src_class = 0
         if dst_class == NO_MATCH:
             dst_class = 0
-        r_src = class_base + 2 * np.int64(src_class)
-        r_dst = class_base + 2 * np.int64(dst_class) + 1
+        picked[k, 0] = class_base + 2 * np.int64(src_class)
+        picked[k, 1] = class_base + 2 * np.int64(dst_class) + 1
         proto = np.int64(m.protocol)
-        r_proto = proto_base + proto
+        picked[k, 2] = proto_base + proto
         if proto == 6 or proto == 17 or proto == 132:
-            part = value_row[np.int64(m.dport)]
-            r_sport = value_row[VALUES + np.int64(m.sport)]
-            r_dport = value_row[3 * VALUES + np.int64(m.dport)]
+            picked[k, 6] = value_row[np.int64(m.dport)]
+            picked[k, 3] = value_row[VALUES + np.int64(m.sport)]
+            picked[k, 5] = value_row[3 * VALUES + np.int64(m.dport)]
         else:
-            part = value_row[PORTLESS]
-            r_sport = value_row[VALUES + PORTLESS]
-            r_dport = value_row[3 * VALUES + PORTLESS]
+            picked[k, 6] = value_row[PORTLESS]
+            picked[k, 3] = value_row[VALUES + PORTLESS]
+            picked[k, 5] = value_row[3 * VALUES + PORTLESS]
         if proto == 1 or proto == 58:
-            r_icmp = value_row[2 * VALUES + (np.int64(m.icmp_type) << 8) + np.int64(m.icmp_code)]
+            picked[k, 4] = value_row[2 * VALUES + (np.int64(m.icmp_type) << 8)
+                                     + np.int64(m.icmp_code)]
         else:
-            r_icmp = value_row[2 * VALUES + NOT_ICMP]
+            picked[k, 4] = value_row[2 * VALUES + NOT_ICMP]
+    # Pass 2: the first rule all six rows agree on, within the packet's partition.
+    for k in range(count):
+        part = picked[k, 6]
+        if part < 0:
+            out[k] = NO_RULE
+            continue
+        r_src = picked[k, 0]
+        r_dst = picked[k, 1]
+        r_proto = picked[k, 2]
+        r_sport = picked[k, 3]
+        r_icmp = picked[k, 4]
+        r_dport = picked[k, 5]
         offset = parts[part, P_OFFSET]
-        summary_offset = parts[part, P_SUMMARY_OFFSET]
+        words = parts[part, P_WORDS]
         found = NO_RULE
+        if words <= SMALL_PART:
+            # A few words share a cache line or two: reading them beats reading summaries.
+            for w in range(words):
+                bits = (rows[r_dport, offset + w] & rows[r_src, offset + w]
+                        & rows[r_dst, offset + w] & rows[r_proto, offset + w]
+                        & rows[r_sport, offset + w] & rows[r_icmp, offset + w])
+                if bits:
+                    found = part_rules[parts[part, P_RULES] + w * 64 + lowest_bit(bits)]
+                    break
+            out[k] = found
+            continue
+        summary_offset = parts[part, P_SUMMARY_OFFSET]
         for s in range(parts[part, P_SUMMARY_WORDS]):
             at = summary_offset + s
             candidates = (summary[r_src, at] & summary[r_dst, at] & summary[r_proto, at]
@@ -313,9 +344,17 @@ class Classifier:
         value_part = np.empty(VALUES, dtype=np.int64)
         value_part[:65536] = np.array(interval_part[:-1])[index]
         value_part[PORTLESS] = interval_part[-1]
-        # Rows: protocols, a few per port/ICMP interval, two per class (their capacity).
-        row_count = 256 + 3 * (len(cuts) + 1) + 2 * max(self._class_capacity, 2 * len(
-            self._class_keys))
+        # Rows: protocols, a few per port/ICMP interval, two per class of the store.
+        self._class_capacity = max(self._class_capacity, self._capacity_for(
+            self.store.class_count()))
+        def interval_rows(bounds: list[tuple[int, int]]) -> int:
+            return len({0} | {lo for lo, _ in bounds} | {hi + 1 for _, hi in bounds}) + 1
+
+        # As laid out when partitioned: the destination-port rows collapse to two.
+        sports = [(r.sport.lo, r.sport.hi) for r in rules if not r.sport.is_full]
+        icmps = [_icmp_range(r) for r in rules if r.icmp_type is not None]
+        row_count = 256 + 2 + 2 * self._class_capacity + interval_rows(sports) + interval_rows(
+            icmps)
         width = sum(max(1, -(-len(key) // 64)) for key in groups)
         self.partitioned = row_count * width * 8 <= self.memory_budget
         if not self.partitioned:  # one partition: every rule, whatever the port
@@ -390,8 +429,18 @@ class Classifier:
                     row |= found
         self._summarize(at, at + 2)
 
+    @staticmethod
+    def _capacity_for(classes: int) -> int:
+        return max(16, 1 << max(0, classes - 1).bit_length())
+
     def _grow(self, need: int) -> None:
         capacity = max(need, 2 * self._class_capacity)
+        grown = (self.rows.shape[0] + 2 * (capacity - self._class_capacity)) * self.total_words
+        if self.partitioned and grown * 8 > self.memory_budget:
+            # More classes than the partitioned layout can afford: fall back to one partition.
+            self._class_capacity = capacity
+            self.compile()
+            return
         extra = 2 * (capacity - self._class_capacity)
         self.rows = np.concatenate([self.rows, np.zeros((extra, self.total_words), np.uint64)])
         self.summary = np.concatenate(

@@ -278,3 +278,22 @@ def test_stream_of_updates_stays_equal_to_brute_force(data: st.DataObject) -> No
         assert all(isinstance(key, Literal) for node in trie for key in node.holders)
     rules.replace_all([])
     assert store.node_count() == 0 and store.class_count() == 1
+
+
+def test_memory_budget_holds_as_classes_grow() -> None:
+    store = ContainerStore()
+    store.create("a", ["10.0.0.0/24"])
+    rules = RuleSet(tenant="t", direction="ingress")
+    rules.replace_all([rule(f"r{n}", n, src="container:a", protocol="tcp", dport=1000 + n)
+                       for n in range(200)])
+    budget = 1 << 20  # the partitioned rows: ~0.5 MB now, ~2 MB with 300 more classes
+    classifier = Classifier(store, rules, memory_budget=budget)
+    assert classifier.partitioned
+    for n in range(300):  # each container a class of its own
+        store.create(f"c{n}", [f"10.{1 + n // 250}.{n % 250}.0/24"])
+    assert not classifier.partitioned
+    assert classifier.rows.nbytes <= budget
+    check_against_reference(store, classifier, packets(
+        {"src": "10.0.0.9", "dst": "10.1.3.4", "protocol": 6, "dport": 1007},
+        {"src": "10.1.3.9", "dst": "10.0.0.4", "protocol": 6, "dport": 1007},
+    ))
