@@ -257,7 +257,14 @@ class PcapngDecoder:
             if options is None:
                 return DecodeStep(0, pos, 0, "malformed interface options")
             name = options.get(OPT_IF_NAME, b"").decode("utf-8", "replace")
-            tsresol = options.get(OPT_IF_TSRESOL, b"\x06")[0]
+            resolution = options.get(OPT_IF_TSRESOL, b"\x06")
+            if len(resolution) != 1:
+                return DecodeStep(0, pos, 0, f"if_tsresol option of {len(resolution)} bytes, "
+                                  "not 1")
+            tsresol = resolution[0]
+            if tsresol > 27 if tsresol < 0x80 else tsresol & 0x7F > 62:
+                return DecodeStep(0, pos, 0, f"if_tsresol {tsresol:#x} is finer than "
+                                  "Portico can represent")
             offset = options.get(OPT_IF_TSOFFSET)
             offset_s = struct.unpack(order + "q", offset)[0] if offset and len(offset) == 8 else 0
             self.interfaces.append(Interface(name, linktype, snaplen))

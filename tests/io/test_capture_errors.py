@@ -214,3 +214,21 @@ def test_mutated_files_give_packets_or_capture_error(tmp_path: Path, pcap_bytes,
                 assert (batch.meta["length"][:n] <= batch.max_packet).all()
     except CaptureError as error:
         assert str(error).startswith(str(path))
+
+
+@pytest.mark.parametrize(("resolution", "problem"), [
+    (b"", "if_tsresol option of 0 bytes, not 1"),  # found by the mutation test
+    (b"\x06\x06", "if_tsresol option of 2 bytes, not 1"),
+    (bytes([40]), "if_tsresol 0x28 is finer than Portico can represent"),  # 10^-40 s
+    (bytes([0x80 | 70]), "if_tsresol 0xc6 is finer than Portico can represent"),  # 2^-70 s
+])
+def test_bad_timestamp_resolution_is_a_named_error(tmp_path: Path, pcapng, resolution: bytes,
+                                                   problem: str) -> None:
+    builder = pcapng().shb().idb("eth0").epb(0, 1, PACKETS[0])
+    options = builder.option(9, resolution) + builder.option(0, b"")
+    builder.block(1, struct.pack("<HHI", 1, 0, 65535) + options).epb(1, 2, PACKETS[1])
+    path = tmp_path / "resolution.pcapng"
+    path.write_bytes(builder.bytes())
+    delivered, error = read_until_error(path)
+    assert delivered == [PACKETS[0]]
+    assert error is not None and problem in str(error)

@@ -228,7 +228,8 @@ def test_flow_hash_is_symmetric() -> None:
 
 # --------------------------------------------------------------- differential, Hypothesis
 def _valid_packets() -> st.SearchStrategy[bytes]:
-    port = st.integers(0, 65535)
+    # Tunnel ports announce a header that plain UDP does not carry: not 'valid' here.
+    port = st.integers(0, 65535).filter(lambda p: p not in (4789, 6081, 2152))
     ip4 = st.builds(
         lambda a, b: IP(src=str(ipaddress.IPv4Address(a)), dst=str(ipaddress.IPv4Address(b))),
         st.integers(0, 2**32 - 1),
