@@ -34,20 +34,24 @@ whitelist, as a firewall's should be.
 
 The TCP machine (O = from the originator, R = from the responder, * = either)::
 
-                 O:SYN               R:SYNACK              O:ACK
-        NONE ───────────► SYN_SENT ───────────► SYN_RECV ───────────► ESTABLISHED
-                             │ R:SYN                                   │      │
-                             ▼        *:SYNACK             *:SYNACK/ACK │      │
-                         SYN_SENT2 ──────────► SYN_RECV2 ───────────────┘      │
-                                                                   O:FIN │      │ R:FIN
-                                                                         ▼      ▼
-                                                          FIN_WAIT_ORIG   FIN_WAIT_REPLY
-                                                                R:FIN │      │ O:FIN
-                                                                      ▼      ▼
-                                                                      LAST_ACK
-                                                                         │ *:ACK
-                           any TCP state but NONE ──*:RST──► CLOSE       ▼
-                           TIME_WAIT, CLOSE ──O:SYN──► SYN_SENT      TIME_WAIT
+            O:SYN             R:SYNACK             O:ACK
+    NONE ─────────► SYN_SENT ─────────► SYN_RECV ─────────► ESTABLISHED
+                       │                                     ▲    │    │
+                  R:SYN│                        *:SYNACK/ACK │    │    │
+                       ▼       *:SYNACK                      │    │    │
+                   SYN_SENT2 ─────────► SYN_RECV2 ───────────┘    │    │
+                                                           O:FIN  │    │  R:FIN
+                                                    ┌─────────────┘    └─────────────┐
+                                                    ▼                                ▼
+                                              FIN_WAIT_ORIG                    FIN_WAIT_REPLY
+                                                    │ R:FIN                    O:FIN │
+                                                    └─────────► LAST_ACK ◄───────────┘
+                                                                    │ *:ACK
+                                                                    ▼
+                                                                TIME_WAIT
+
+    any TCP state but NONE ──*:RST──► CLOSE
+    TIME_WAIT, CLOSE ──O:SYN──► SYN_SENT     (a new connection on the same 5-tuple)
 
   Retransmissions (a second SYN, SYN+ACK or FIN from the same side) keep the
   state; ``TRANSITION_ROWS`` lists each with the reason it is allowed.

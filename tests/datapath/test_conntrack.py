@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Ether
+from scapy.packet import Packet
 
 from portico.batch import Batch
 from portico.datapath.conntrack import (
@@ -28,6 +29,7 @@ from portico.datapath.conntrack import (
     ConnTable,
     Direction,
     Event,
+    Key,
     ProtoClass,
     State,
     Timeouts,
@@ -73,7 +75,7 @@ def test_declaration_is_a_whitelist_and_a_cell_is_declared_once() -> None:
     assert (TRANSITIONS[:, :, Event.UNTRACKED] == INVALID).all()
     # Only the originator opens; nothing but an opener is valid on NONE.
     assert (TRANSITIONS[State.NONE, R] == INVALID).all()
-    assert {Event(e) for e in np.flatnonzero(TRANSITIONS[State.NONE, O] != INVALID)} == {
+    assert {Event(int(e)) for e in np.flatnonzero(TRANSITIONS[State.NONE, O] != INVALID)} == {
         Event.SYN,
         Event.DATAGRAM,
         Event.REQUEST,
@@ -309,8 +311,7 @@ def test_default_timeouts_follow_the_rfcs() -> None:
     assert timeout_ns(UDP_P, State.NEW) == timeout_ns(UDP_P, State.ESTABLISHED) == 300 * SEC
     assert timeout_ns(ICMP_P, State.ESTABLISHED) == timeout_ns(ICMP6_P, State.NEW) == 60 * SEC
     # Every state a transition can reach has a timeout for the protocols that reach it.
-    for s, _, e, nxt in TRANSITION_ROWS:
-        del s
+    for _, _, e, nxt in TRANSITION_ROWS:
         cls = {
             "DATAGRAM": [ProtoClass.UDP, ProtoClass.OTHER],
             "REQUEST": [ProtoClass.ICMP, ProtoClass.ICMPV6],
@@ -330,7 +331,9 @@ def test_timeouts_are_configurable_and_checked() -> None:
         Timeouts(tcp_transitory=0)
 
 
-def one(state: int, expiry: int, direction: int, proto: int, flags: int, kind: int, now: int):  # type: ignore[no-untyped-def]
+def one(
+    state: int, expiry: int, direction: int, proto: int, flags: int, kind: int, now: int
+) -> tuple[int, Verdict, int]:
     nxt, verdict, exp = step(
         np.array([state]),
         np.array([expiry]),
@@ -439,7 +442,7 @@ def test_one_slot_in_a_batch_sees_its_own_updates(seq: list[tuple[Direction, int
 
 
 # -------------------------------------------------------- the reference table
-def key(zone: int, src: int, sport: int, dst: int, dport: int, proto: int = TCP_P):  # type: ignore[no-untyped-def]
+def key(zone: int, src: int, sport: int, dst: int, dport: int, proto: int = TCP_P) -> Key:
     return (zone, proto, src, sport, dst, dport)
 
 
@@ -493,27 +496,41 @@ def test_conntable_grows() -> None:
 CLIENT, SERVER = "10.0.0.1", "192.0.2.7"
 
 
-def tcp_connection() -> list[tuple[object, State, Verdict]]:
+def client(flags: str, seq: int, ack: int = 0, data: bytes = b"") -> Packet:
+    return (
+        Ether()
+        / IP(src=CLIENT, dst=SERVER)
+        / TCP(sport=40000, dport=443, flags=flags, seq=seq, ack=ack)
+        / data
+    )
+
+
+def server(flags: str, seq: int, ack: int = 0, data: bytes = b"") -> Packet:
+    return (
+        Ether()
+        / IP(src=SERVER, dst=CLIENT)
+        / TCP(sport=443, dport=40000, flags=flags, seq=seq, ack=ack)
+        / data
+    )
+
+
+def tcp_connection() -> list[tuple[Packet, State, Verdict]]:
     """A whole TCP connection, client closes first, with the state after each packet."""
-    c = Ether() / IP(src=CLIENT, dst=SERVER)
-    s = Ether() / IP(src=SERVER, dst=CLIENT)
-    up = {"sport": 40000, "dport": 443}
-    down = {"sport": 443, "dport": 40000}
     return [
-        (c / TCP(flags="S", seq=100, **up), State.SYN_SENT, Verdict.NEW),
-        (s / TCP(flags="SA", seq=900, ack=101, **down), State.SYN_RECV, Verdict.ACCEPT),
-        (c / TCP(flags="A", seq=101, ack=901, **up), State.ESTABLISHED, Verdict.ACCEPT),
-        (c / TCP(flags="PA", seq=101, ack=901, **up) / b"GET /", State.ESTABLISHED, Verdict.ACCEPT),
-        (s / TCP(flags="PA", seq=901, ack=106, **down) / b"200", State.ESTABLISHED, Verdict.ACCEPT),
-        (c / TCP(flags="FA", seq=106, ack=904, **up), State.FIN_WAIT_ORIG, Verdict.ACCEPT),
-        (s / TCP(flags="A", seq=904, ack=107, **down), State.FIN_WAIT_ORIG, Verdict.ACCEPT),
-        (s / TCP(flags="FA", seq=904, ack=107, **down), State.LAST_ACK, Verdict.ACCEPT),
-        (c / TCP(flags="A", seq=107, ack=905, **up), State.TIME_WAIT, Verdict.ACCEPT),
+        (client("S", 100), State.SYN_SENT, Verdict.NEW),
+        (server("SA", 900, 101), State.SYN_RECV, Verdict.ACCEPT),
+        (client("A", 101, 901), State.ESTABLISHED, Verdict.ACCEPT),
+        (client("PA", 101, 901, b"GET /"), State.ESTABLISHED, Verdict.ACCEPT),
+        (server("PA", 901, 106, b"200"), State.ESTABLISHED, Verdict.ACCEPT),
+        (client("FA", 106, 904), State.FIN_WAIT_ORIG, Verdict.ACCEPT),
+        (server("A", 904, 107), State.FIN_WAIT_ORIG, Verdict.ACCEPT),
+        (server("FA", 904, 107), State.LAST_ACK, Verdict.ACCEPT),
+        (client("A", 107, 905), State.TIME_WAIT, Verdict.ACCEPT),
     ]
 
 
-def parsed(packets: list[object], start: int = 1_700_000_000 * SEC) -> Batch:
-    batch = Batch.from_packets(bytes(p) for p in packets)  # type: ignore[call-overload]
+def parsed(packets: list[Packet], start: int = 1_700_000_000 * SEC) -> Batch:
+    batch = Batch.from_packets(bytes(p) for p in packets)
     parse(batch)
     assert (batch.meta["drop"][: batch.count] == 0).all()
     batch.meta["timestamp"][: batch.count] = start + np.arange(batch.count) * 1_000_000
