@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.timing import median_seconds
 from portico.batch import Batch
 from portico.classify.classifier import DEFAULT_MEMORY_BUDGET
 
@@ -137,15 +138,6 @@ def make_traffic(networks: np.ndarray, count: int, seed: int = 9) -> Batch:
     return batch
 
 
-def _median_s(work: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
-
-
 def run_classify(settings: ClassifySettings, workloads: Sequence[str],
                  status: Callable[[str], None] = lambda _: None) -> list[dict[str, Any]]:
     from portico.classify.classifier import Classifier
@@ -232,7 +224,7 @@ def _classify_one(store: Any, rules: Any, traffic: Batch, settings: ClassifySett
                 classifier.classify(traffic, rows)
 
         work()
-        pps = traffic.count / _median_s(work, settings.repeats)
+        pps = traffic.count / median_seconds(work, settings.repeats)[0]
         entries.append({
             "name": "classify", "packets": traffic.count, "batch": size, "pps": round(pps),
             "layout": layout, "memory_budget": None if budget == UNBOUNDED else budget,

@@ -62,12 +62,10 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import gc
 import importlib.metadata
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -88,6 +86,7 @@ from bench.classify import (
 )
 from bench.lpm import FULL_LPM, QUICK_LPM, LpmSettings, format_lpm, lpm_target_lines, run_lpm
 from bench.peers import PEERS
+from bench.timing import median_seconds
 from bench.workloads import (
     WORKLOADS,
     MismatchError,
@@ -140,23 +139,6 @@ QUICK = Settings(packets=1 << 16, batches=(256, 4096), repeats=3,
 
 
 # ---------------------------------------------------------------- timing
-def median_seconds(work: Callable[[], object], repeats: int) -> tuple[float, object]:
-    """Median wall time of ``repeats`` calls, GC off; also the last call's result."""
-    times = []
-    result: object = None
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(repeats):
-            began = time.perf_counter()
-            result = work()
-            times.append(time.perf_counter() - began)
-    finally:
-        if enabled:
-            gc.enable()
-    return statistics.median(times), result
-
-
 def portico_work(workload: str, pool: Pool, batch_size: int, out: np.ndarray | None,
                  capture: Path | None = None) -> Callable[[], object]:
     """One timed pass of ``workload``; ``read`` returns the packets it counted."""

@@ -32,7 +32,6 @@ import contextlib
 import ctypes
 import functools
 import gc
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.timing import median_seconds
 from bench.workloads import MismatchError
 
 NO_MATCH = 0xFFFFFFFF
@@ -250,22 +250,6 @@ def _built(build: Callable[[], Any]) -> tuple[Any, float, int]:
     return structure, seconds, max(0, _resident() - before)
 
 
-def _median(work: Callable[[], object], repeats: int) -> tuple[float, object]:
-    times = []
-    result: object = None
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(repeats):
-            began = time.perf_counter()
-            result = work()
-            times.append(time.perf_counter() - began)
-    finally:
-        if enabled:
-            gc.enable()
-    return statistics.median(times), result
-
-
 def _check(name: str, got: Sequence[int], want: Sequence[int], label: str) -> None:
     if list(got) != list(want):
         bad = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
@@ -349,7 +333,7 @@ def _run_family(family: int, count: int, settings: LpmSettings,
             peer, seconds, grown = _built(lambda: _radix(packed, lens, vals))
             sample = [a.to_bytes(width // 8, "big") for a in query_ints[:n]]
             work = functools.partial(_radix_lookup, peer, sample)
-        elapsed, answers = _median(work, settings.peer_repeats)
+        elapsed, answers = median_seconds(work, settings.peer_repeats)
         _check(name, answers, reference[:n], label)  # type: ignore[arg-type]
         peers[name] = (n / elapsed, grown / count, seconds, n)
         del work  # the peer goes with the next build or this function
@@ -359,7 +343,7 @@ def _run_family(family: int, count: int, settings: LpmSettings,
         status(f"lpm: portico at batch {size}, {label}")
         timed = _portico_work(table, pool, out, size)
         timed()
-        seconds, _ = _median(timed, settings.repeats)
+        seconds, _ = median_seconds(timed, settings.repeats)
         if out.tolist() != reference:
             raise MismatchError(f"lpm {label}: lookup_into at batch {size} disagrees "
                                 "with lookup")

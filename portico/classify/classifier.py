@@ -88,6 +88,17 @@ def lowest_bit(word: np.uint64) -> int:
     return _DEBRUIJN_INDEX[np.int64((low * _DEBRUIJN) >> np.uint64(58))]
 
 
+@njit(cache=True, inline="always")
+def admitted(table, picked, k, at):  # type: ignore[no-untyped-def]
+    """Word ``at`` of the AND of packet ``k``'s six rows of ``table`` (rows or summaries).
+
+    The destination-port row comes first: it is the sparsest, so a word that ends
+    up zero usually shows it at once.
+    """
+    return (table[picked[k, 5], at] & table[picked[k, 0], at] & table[picked[k, 1], at]
+            & table[picked[k, 2], at] & table[picked[k, 3], at] & table[picked[k, 4], at])
+
+
 @njit(cache=True)
 def classify_kernel(meta, rows_in, count, rows, summary, value_row, layout,  # type: ignore[no-untyped-def]
                     parts, part_rules, tbl24, tbl8, class6, out):
@@ -144,42 +155,27 @@ def classify_kernel(meta, rows_in, count, rows, summary, value_row, layout,  # t
         if part < 0:
             out[k] = NO_RULE
             continue
-        r_src = picked[k, 0]
-        r_dst = picked[k, 1]
-        r_proto = picked[k, 2]
-        r_sport = picked[k, 3]
-        r_icmp = picked[k, 4]
-        r_dport = picked[k, 5]
         offset = parts[part, P_OFFSET]
-        words = parts[part, P_WORDS]
+        first_rule = parts[part, P_RULES]
         found = NO_RULE
-        if words <= SMALL_PART:
+        if parts[part, P_WORDS] <= SMALL_PART:
             # A few words share a cache line or two: reading them beats reading summaries.
-            for w in range(words):
-                bits = (rows[r_dport, offset + w] & rows[r_src, offset + w]
-                        & rows[r_dst, offset + w] & rows[r_proto, offset + w]
-                        & rows[r_sport, offset + w] & rows[r_icmp, offset + w])
+            for w in range(parts[part, P_WORDS]):
+                bits = admitted(rows, picked, k, offset + w)
                 if bits:
-                    found = part_rules[parts[part, P_RULES] + w * 64 + lowest_bit(bits)]
+                    found = part_rules[first_rule + w * 64 + lowest_bit(bits)]
                     break
-            out[k] = found
-            continue
-        summary_offset = parts[part, P_SUMMARY_OFFSET]
-        for s in range(parts[part, P_SUMMARY_WORDS]):
-            at = summary_offset + s
-            candidates = (summary[r_src, at] & summary[r_dst, at] & summary[r_proto, at]
-                          & summary[r_sport, at] & summary[r_icmp, at] & summary[r_dport, at])
-            while candidates:
-                w = s * 64 + lowest_bit(candidates)
-                candidates &= candidates - np.uint64(1)
-                bits = (rows[r_dport, offset + w] & rows[r_src, offset + w]
-                        & rows[r_dst, offset + w] & rows[r_proto, offset + w]
-                        & rows[r_sport, offset + w] & rows[r_icmp, offset + w])
-                if bits:
-                    found = part_rules[parts[part, P_RULES] + w * 64 + lowest_bit(bits)]
+        else:
+            for s in range(parts[part, P_SUMMARY_WORDS]):
+                candidates = admitted(summary, picked, k, parts[part, P_SUMMARY_OFFSET] + s)
+                while candidates and found == NO_RULE:
+                    w = s * 64 + lowest_bit(candidates)
+                    candidates &= candidates - np.uint64(1)
+                    bits = admitted(rows, picked, k, offset + w)
+                    if bits:
+                        found = part_rules[first_rule + w * 64 + lowest_bit(bits)]
+                if found != NO_RULE:
                     break
-            if found != NO_RULE:
-                break
         out[k] = found
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -297,3 +298,32 @@ def test_memory_budget_holds_as_classes_grow() -> None:
         {"src": "10.0.0.9", "dst": "10.1.3.4", "protocol": 6, "dport": 1007},
         {"src": "10.1.3.9", "dst": "10.0.0.4", "protocol": 6, "dport": 1007},
     ))
+
+
+def test_large_partitions_search_through_summaries() -> None:
+    """700 rules in one partition (11 words): the kernel's summary path, against the reference."""
+    rng = np.random.default_rng(4)
+    store = ContainerStore()
+    for n, name in enumerate(NAMES):
+        store.create(name, [f"10.{n}.0.0/16", f"10.{n}.{n}.0/24"])
+    made = []
+    for n in range(700):  # rule n owns port n, so answers spread over all eleven words
+        fields: dict[str, object] = {
+            "src": str(rng.choice(["any", "any", "any", "container:a", "10.2.0.0/16"])),
+            "dst": str(rng.choice(["any", "any", "any", "container:c"])),
+            "protocol": str(rng.choice(["tcp", "udp"])),
+            "dport": n,
+        }
+        made.append(rule(f"r{n:03d}", n, **fields))
+    rules = RuleSet(tenant="t", direction="ingress")
+    rules.replace_all(made)
+    classifier = Classifier(store, rules, memory_budget=0)
+    assert not classifier.partitioned and classifier.parts[0, 1] == 11
+    rows = [{"src": f"10.{rng.integers(0, 5)}.{rng.integers(0, 5)}.9",
+             "dst": f"10.{rng.integers(0, 5)}.{rng.integers(0, 5)}.7",
+             "protocol": int(rng.choice([6, 17])), "dport": int(rng.integers(0, 750))}
+            for _ in range(1000)]
+    batch = packets(*rows)
+    check_against_reference(store, classifier, batch)
+    found = classifier.classify(batch)
+    assert (found >= 512).sum() > 10 and (found == -1).sum() > 10  # deep words and misses
