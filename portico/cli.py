@@ -55,6 +55,23 @@ def version() -> str:
         return "unknown"
 
 
+# ---------------------------------------------------------------- portico gen
+GEN_HELP = """\
+Write synthetic traffic with a known shape: so many packets over so many
+flows, a protocol mix, a size distribution, an IPv6 share, VLAN tags, spread
+over gateway ports (one pcapng interface each). The same arguments and seed
+always give the same bytes, and every length and checksum in it is valid.
+"""
+
+GEN_EXAMPLES = """\
+examples:
+  portico gen small.pcapng --packets 1000 --flows 10
+  portico gen imix.pcapng --packets 1000000 --flows 100000 --sizes imix --ipv6 0.2
+  portico gen skewed.pcapng --distribution zipf --zipf-exponent 1.2 --vlans 8 --ports 4
+  portico gen plain.pcap --mix tcp=1 --sizes fixed:128 --seed 7
+"""
+
+
 # ---------------------------------------------------------------- portico parse
 PARSE_HELP = """\
 Read a capture and parse every packet with the batch parser, then print how
@@ -213,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen_parser = sub.add_parser(
         "gen",
         help="write synthetic traffic to a capture file",
-        description=(gen.__doc__ or "").split("\n\n")[0],
+        description=GEN_HELP,
+        epilog=GEN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     gen.add_arguments(gen_parser)
