@@ -1,0 +1,179 @@
+"""The pipeline: stages wired into a graph, a batch dispatched through it, and its counters.
+
+Theory of operation. As in VPP, a stage is one function over many packets: it
+gets a Batch and the rows that reached it, and writes one decision per row,
+the index of the stage each packet goes to next in its ``NEXT`` list (or
+``DONE`` when the packet leaves: an output port was set, or it was dropped by
+setting ``meta["drop"]``). A stage declares, as data at the top of its file,
+its ``NAME``, its ``NEXT`` stages and its ``DROPS`` (an ``IntEnum`` registered
+with ``portico.drops``), so the graph and the drop reasons can be read
+without running anything.
+
+The pipeline checks the graph once, when it is built (unknown next stages,
+duplicate names and cycles are refused, naming them), and orders the stages
+topologically. Running a batch is then one pass over that order: each stage
+gets the rows whose current stage it is, as one selection, and its decisions
+move them on. A stage therefore runs at most once per batch, however the
+packets spread over the graph, and never loops per packet.
+
+For every stage it counts what ``vppctl show runtime`` shows: calls, packets,
+packets per call, time per packet, and drops by reason (a row dropped while in
+a stage is that stage's drop). Rows whose ``trace`` flag is set leave a line
+per stage in a bounded trace log: which stage, and where the packet went.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import ClassVar, Protocol
+
+import numpy as np
+
+from portico import drops
+from portico.batch import Batch
+
+DONE = -1  # a decision: the packet leaves the pipeline (output set, or dropped)
+TRACE_LIMIT = 10_000  # trace lines kept; the oldest go first
+
+
+class Stage(Protocol):
+    """One network function. Implementations declare the three class attributes."""
+
+    NAME: ClassVar[str]
+    NEXT: ClassVar[tuple[str, ...]]
+    DROPS: ClassVar[type[IntEnum] | None]
+
+    def process(self, batch: Batch, rows: np.ndarray, decision: np.ndarray) -> None:
+        """Decide for every row: ``decision[k]`` = index into NEXT for ``rows[k]``, or DONE."""
+
+
+class PipelineError(ValueError):
+    """The stage graph is wrong; the message names the stage."""
+
+
+@dataclass
+class StageCounters:
+    calls: int = 0
+    packets: int = 0
+    nanoseconds: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def packets_per_call(self) -> float:
+        return self.packets / self.calls if self.calls else 0.0
+
+    @property
+    def ns_per_packet(self) -> float:
+        return self.nanoseconds / self.packets if self.packets else 0.0
+
+
+@dataclass(frozen=True)
+class TraceLine:
+    row: int
+    stage: str
+    outcome: str  # the next stage's name, "done", or "drop: <reason>"
+
+
+class Pipeline:
+    """Stages wired by their NEXT names, entered at ``entry``."""
+
+    def __init__(self, stages: Sequence[Stage], *, entry: str) -> None:
+        by_name: dict[str, int] = {}
+        for index, stage in enumerate(stages):
+            if stage.NAME in by_name:
+                raise PipelineError(f"stages: two stages are named {stage.NAME!r}")
+            by_name[stage.NAME] = index
+        if entry not in by_name:
+            raise PipelineError(f"entry: no stage named {entry!r}")
+        for stage in stages:
+            for name in stage.NEXT:
+                if name not in by_name:
+                    raise PipelineError(f"stages.{stage.NAME}.next: no stage named {name!r}")
+        self.stages = list(stages)
+        self.entry = by_name[entry]
+        # next_of[s][d]: the stage index decision d of stage s leads to.
+        self.next_of = [np.array([by_name[n] for n in s.NEXT] or [DONE], dtype=np.int64)
+                        for s in stages]
+        self.order = self._topological(by_name)
+        self.counters = {stage.NAME: StageCounters() for stage in stages}
+        self.trace: list[TraceLine] = []
+
+    def _topological(self, by_name: dict[str, int]) -> list[int]:
+        """Stage indices with every stage before the stages it leads to; cycles refused."""
+        state = [0] * len(self.stages)  # 0 new, 1 on the path, 2 done
+        order: list[int] = []
+
+        def visit(index: int, path: list[str]) -> None:
+            if state[index] == 2:
+                return
+            name = self.stages[index].NAME
+            if state[index] == 1:
+                loop = " -> ".join([*path[path.index(name):], name])
+                raise PipelineError(f"stages: the graph has a cycle: {loop}")
+            state[index] = 1
+            for next_name in self.stages[index].NEXT:
+                visit(by_name[next_name], [*path, name])
+            state[index] = 2
+            order.append(index)
+
+        for index in range(len(self.stages)):
+            visit(index, [])
+        return order[::-1]
+
+    def run(self, batch: Batch, rows: np.ndarray | None = None) -> None:
+        """Send ``rows`` (all of the batch by default) through the graph from the entry."""
+        rows = np.arange(batch.count, dtype=np.int64) if rows is None else np.asarray(
+            rows, dtype=np.int64)
+        current = np.full(len(rows), self.entry, dtype=np.int64)
+        drop_column = batch.meta["drop"]
+        for index in self.order:
+            here = np.flatnonzero(current == index)
+            if not len(here):
+                continue
+            stage = self.stages[index]
+            selected = rows[here]
+            decision = np.full(len(here), DONE, dtype=np.int64)
+            began = time.perf_counter_ns()
+            stage.process(batch, selected, decision)
+            spent = time.perf_counter_ns() - began
+            counters = self.counters[stage.NAME]
+            counters.calls += 1
+            counters.packets += len(here)
+            counters.nanoseconds += spent
+            dropped = drop_column[selected] != 0
+            if dropped.any():
+                for reason, n in drops.count(drop_column[selected][dropped]).items():
+                    counters.drops[reason] = counters.drops.get(reason, 0) + n
+            going = np.where(decision >= 0, self.next_of[index][np.maximum(decision, 0)], DONE)
+            going[dropped] = DONE
+            current[here] = going
+            self._trace(batch, selected, going, dropped, stage.NAME)
+
+    def _trace(self, batch: Batch, selected: np.ndarray, going: np.ndarray,
+               dropped: np.ndarray, name: str) -> None:
+        marked = np.flatnonzero(batch.meta["trace"][selected] != 0)
+        for k in marked:  # traced packets only: a handful, not the hit path
+            if dropped[k]:
+                outcome = "drop: " + drops.name(batch.meta["drop"][selected[k]])
+            elif going[k] == DONE:
+                outcome = "done"
+            else:
+                outcome = self.stages[going[k]].NAME
+            self.trace.append(TraceLine(int(selected[k]), name, outcome))
+        if len(self.trace) > TRACE_LIMIT:
+            del self.trace[: len(self.trace) - TRACE_LIMIT]
+
+    def runtime(self) -> str:
+        """Per-stage counters as a table, in pipeline order (like ``vppctl show runtime``)."""
+        lines = [f"{'stage':<20}{'calls':>10}{'packets':>12}{'pkts/call':>11}{'ns/pkt':>9}"
+                 "  drops"]
+        for index in self.order:
+            name = self.stages[index].NAME
+            c = self.counters[name]
+            dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(c.drops.items()))
+            lines.append(f"{name:<20}{c.calls:>10}{c.packets:>12}{c.packets_per_call:>11.1f}"
+                         f"{c.ns_per_packet:>9.0f}  {dropped or '-'}")
+        return "\n".join(lines)
