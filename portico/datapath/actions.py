@@ -185,6 +185,15 @@ def _put48(data, i, at, value):  # type: ignore[no-untyped-def]
     _put32(data, i, at + 2, value & 0xFFFFFFFF)
 
 
+@njit(cache=True, inline="always")
+def _set_address(data, i, at, old, new, ip_sum, l4_sum, in_pseudo_header):  # type: ignore[no-untyped-def]
+    """Write an IPv4 address; return the header and transport checksums updated for it."""
+    _put32(data, i, at, new)
+    if in_pseudo_header:  # TCP and UDP sum the addresses too
+        l4_sum = update32(l4_sum, old, new)
+    return update32(ip_sum, old, new), l4_sum
+
+
 @njit(cache=True)
 def apply_kernel(data, meta, rows, action_ids, records, count):  # type: ignore[no-untyped-def]
     """Apply ``records[action_ids[k]]`` to packet ``rows[k]`` for k < count."""
@@ -244,21 +253,13 @@ def apply_kernel(data, meta, rows, action_ids, records, count):  # type: ignore[
             l4_sum = _get16(data, i, l4_at) if l4_at >= 0 else 0
             udp_none = proto == 17 and l4_sum == 0  # IPv4 UDP without a checksum
             if ops & SET_IP_SRC:
-                old = np.int64(m.src4)
-                new = np.int64(a.ip_src)
-                ip_sum = update32(ip_sum, old, new)
-                if has_ports:
-                    l4_sum = update32(l4_sum, old, new)
-                _put32(data, i, l3 + 12, new)
-                m.src4 = new
+                ip_sum, l4_sum = _set_address(data, i, l3 + 12, np.int64(m.src4),
+                                              np.int64(a.ip_src), ip_sum, l4_sum, has_ports)
+                m.src4 = a.ip_src
             if ops & SET_IP_DST:
-                old = np.int64(m.dst4)
-                new = np.int64(a.ip_dst)
-                ip_sum = update32(ip_sum, old, new)
-                if has_ports:
-                    l4_sum = update32(l4_sum, old, new)
-                _put32(data, i, l3 + 16, new)
-                m.dst4 = new
+                ip_sum, l4_sum = _set_address(data, i, l3 + 16, np.int64(m.dst4),
+                                              np.int64(a.ip_dst), ip_sum, l4_sum, has_ports)
+                m.dst4 = a.ip_dst
             if ops & SET_SPORT:
                 at = l4 + 4 if is_echo else l4  # the echo identifier, or the source port
                 old = _get16(data, i, at)

@@ -355,20 +355,17 @@ def _signature(h):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, inline="always")
+def _same_key(x, w0, w1, w2, w3, w4, w5, w6):  # type: ignore[no-untyped-def]
+    """Does entry record ``x`` hold the key words w0..w6?"""
+    return (x.k0 == w0 and x.k1 == w1 and x.k2 == w2 and x.k3 == w3 and x.k4 == w4
+            and x.k5 == w5 and x.k6 == w6)
+
+
+@njit(cache=True, inline="always")
 def _find(sig, entries, base, s, w0, w1, w2, w3, w4, w5, w6):  # type: ignore[no-untyped-def]
     for e in range(base, base + WAYS):
-        if sig[e] == s:
-            x = entries[e]
-            if (
-                x.k0 == w0
-                and x.k1 == w1
-                and x.k2 == w2
-                and x.k3 == w3
-                and x.k4 == w4
-                and x.k5 == w5
-                and x.k6 == w6
-            ):
-                return e
+        if sig[e] == s and _same_key(entries[e], w0, w1, w2, w3, w4, w5, w6):
+            return e
     return -1
 
 
@@ -445,20 +442,11 @@ def _lookup(meta, rows, now, sig, entries, ctl):  # type: ignore[no-untyped-def]
         w0, w1, w2, w3, w4, w5, w6 = _key(meta, r)
         e = out[i]
         s = _signature(hs[i])
-        if e >= 0:
-            x = entries[e]
-            if not (
-                sig[e] == s  # an earlier row of the batch may have freed it
-                and x.k0 == w0
-                and x.k1 == w1
-                and x.k2 == w2
-                and x.k3 == w3
-                and x.k4 == w4
-                and x.k5 == w5
-                and x.k6 == w6
-            ):  # freed, or two signatures alike in one bucket: look properly
-                base = np.int64(hs[i] & mask) * WAYS
-                e = _find(sig, entries, base, s, w0, w1, w2, w3, w4, w5, w6)
+        # An earlier row of the batch may have freed the slot, or two signatures in one
+        # bucket are alike: then look properly.
+        if e >= 0 and not (sig[e] == s and _same_key(entries[e], w0, w1, w2, w3, w4, w5, w6)):
+            base = np.int64(hs[i] & mask) * WAYS
+            e = _find(sig, entries, base, s, w0, w1, w2, w3, w4, w5, w6)
         if e >= 0:
             x = entries[e]
             why = _staleness(x, now, gen, idle)
