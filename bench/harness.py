@@ -84,6 +84,14 @@ from bench.classify import (
     format_classify,
     run_classify,
 )
+from bench.flowcache import (
+    FULL_FLOWCACHE,
+    QUICK_FLOWCACHE,
+    FlowcacheSettings,
+    flowcache_target_lines,
+    format_flowcache,
+    run_flowcache,
+)
 from bench.lpm import FULL_LPM, QUICK_LPM, LpmSettings, format_lpm, lpm_target_lines, run_lpm
 from bench.peers import PEERS
 from bench.timing import median_seconds
@@ -103,10 +111,11 @@ from bench.workloads import (
     write_capture,
 )
 
-# Beside the packet workloads: route lookups (bench/lpm.py) and the container
-# classifier (bench/classify.py), each reported in its own table.
+# Beside the packet workloads: route lookups (bench/lpm.py), the container
+# classifier (bench/classify.py) and the flow cache (bench/flowcache.py), each
+# reported in its own table.
 CLASSIFY_WORKLOADS = ("classify", "classify-update")
-ALL_WORKLOADS = (*WORKLOADS, "lpm", *CLASSIFY_WORKLOADS)
+ALL_WORKLOADS = (*WORKLOADS, "lpm", *CLASSIFY_WORKLOADS, "flowcache")
 PEER_NAMES = ("struct", "dpkt", "scapy")
 RESIDENT = 1 << 14  # packets in the cache-resident working set: 4 MiB of slots
 SWEEP = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -129,13 +138,14 @@ class Settings:
     quick: bool = False
     lpm: LpmSettings = FULL_LPM
     classify: ClassifySettings = FULL_CLASSIFY
+    flowcache: FlowcacheSettings = FULL_FLOWCACHE
 
 
 FULL = Settings(packets=1 << 18, batches=SWEEP, repeats=7,
                 samples={"struct": 1 << 18, "dpkt": 50_000, "scapy": 5_000})
 QUICK = Settings(packets=1 << 16, batches=(256, 4096), repeats=3,
                  samples={"struct": 20_000, "dpkt": 5_000, "scapy": 500}, quick=True,
-                 lpm=QUICK_LPM, classify=QUICK_CLASSIFY)
+                 lpm=QUICK_LPM, classify=QUICK_CLASSIFY, flowcache=QUICK_FLOWCACHE)
 
 
 # ---------------------------------------------------------------- timing
@@ -333,6 +343,8 @@ def run_bench(settings: Settings, workloads: Sequence[str],
         entries += run_lpm(settings.lpm, status)
     if any(name in workloads for name in CLASSIFY_WORKLOADS):
         entries += run_classify(settings.classify, workloads, status)
+    if "flowcache" in workloads:
+        entries += run_flowcache(settings.flowcache, status)
     run = {"quick": settings.quick,
            "repeats": settings.repeats, "peer_repeats": settings.peer_repeats,
            "traffic": "64-byte IPv4 frames, TCP/UDP 50/50, 100k flows, uniform",
@@ -386,6 +398,7 @@ def format_table(report: dict[str, Any]) -> str:
                      "(one regime: streaming = pps); scapy is RawPcapReader")
     lines += format_lpm([e for e in report["workloads"] if e["name"] == "lpm"])
     lines += format_classify(report["workloads"])
+    lines += format_flowcache(report["workloads"])
     lines += [""] + [f"target: {line}" for line in target_lines(report)]
     return "\n".join(lines)
 
@@ -410,7 +423,8 @@ def target_lines(report: dict[str, Any]) -> list[str]:
                 lines.append(f"{workload} >= {ratio:g}x {peer} at batch 256: "
                              f"{value:,.0f}x, {verdict}")
     lines += lpm_target_lines([e for e in report["workloads"] if e["name"] == "lpm"])
-    return lines + classify_target_lines(report["workloads"])
+    return (lines + classify_target_lines(report["workloads"])
+            + flowcache_target_lines(report["workloads"]))
 
 
 def plot(report: dict[str, Any], path: str | Path) -> None:
@@ -489,10 +503,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     packets = args.packets or base.packets
     batches = tuple(dict.fromkeys(args.batch)) if args.batch else None
     lpm = dataclasses.replace(base.lpm, batches=batches) if batches else base.lpm
+    flowcache = (dataclasses.replace(base.flowcache, batches=batches) if batches
+                 else base.flowcache)
     return Settings(packets=packets, batches=batches or base.batches,
                     repeats=base.repeats, samples=base.samples,
                     peer_repeats=base.peer_repeats, quick=base.quick, lpm=lpm,
-                    classify=base.classify)
+                    classify=base.classify, flowcache=flowcache)
 
 
 def run(args: argparse.Namespace) -> int:
