@@ -16,6 +16,15 @@ gets the rows whose current stage it is, as one selection, and its decisions
 move them on. A stage therefore runs at most once per batch, however the
 packets spread over the graph, and never loops per packet.
 
+Stages decide; they do not rewrite. What a stage wants done to a packet
+(route it out of a port, translate its source, drop it) it records in the
+``Decisions`` of the run: a pending ``Action`` per row, plus the dependency
+tags (rule, route, NAT binding ids) its decision rests on. The datapath turns
+a flow's records into one cache entry and applies it the same way for the
+first packet and for every later one (``portico.datapath.datapath``). So a
+stage sees the packet as it was received, not as earlier stages will leave
+it; a stage that must see another's effect reads it from ``Decisions``.
+
 For every stage it counts what ``vppctl show runtime`` shows: calls, packets,
 packets per call, time per packet, and drops by reason (a row dropped while in
 a stage is that stage's drop). Rows whose ``trace`` flag is set leave a line
@@ -34,6 +43,8 @@ import numpy as np
 
 from portico import drops
 from portico.batch import Batch
+from portico.datapath.actions import ACTION_DTYPE
+from portico.datapath.flowcache import MAX_TAGS, NO_TAG
 
 DONE = -1  # a decision: the packet leaves the pipeline (output set, or dropped)
 TRACE_LIMIT = 10_000  # trace lines kept; the oldest go first
@@ -46,8 +57,43 @@ class Stage(Protocol):
     NEXT: ClassVar[tuple[str, ...]]
     DROPS: ClassVar[type[IntEnum] | None]
 
-    def process(self, batch: Batch, rows: np.ndarray, decision: np.ndarray) -> None:
-        """Decide for every row: ``decision[k]`` = index into NEXT for ``rows[k]``, or DONE."""
+    def process(self, batch: Batch, rows: np.ndarray, decision: np.ndarray,
+                decided: Decisions) -> None:
+        """Decide for every row: ``decision[k]`` = index into NEXT for ``rows[k]``, or DONE;
+        record what is to be done to the packet in ``decided``."""
+
+
+class Decisions:
+    """What the stages decided for the rows of one batch: pending actions and tags.
+
+    ``actions`` holds one ``ACTION_DTYPE`` record per batch row; stages OR
+    operations into ``ops`` and set the fields they need. ``tags`` holds up to
+    ``MAX_TAGS`` dependency tags per row; a row that collects more is marked
+    ``overflow`` and must not be cached (its invalidation could not be exact).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.actions = np.zeros(capacity, dtype=ACTION_DTYPE)
+        self.tags = np.full((capacity, MAX_TAGS), NO_TAG, dtype=np.uint32)
+        self.tag_count = np.zeros(capacity, dtype=np.int64)
+        self.overflow = np.zeros(capacity, dtype=bool)
+
+    def reset(self, rows: np.ndarray) -> None:
+        self.actions[rows] = np.zeros(1, dtype=ACTION_DTYPE)[0]
+        self.actions["out_port"][rows] = -1
+        self.tags[rows] = NO_TAG
+        self.tag_count[rows] = 0
+        self.overflow[rows] = False
+
+    def add_tag(self, rows: np.ndarray, tags: np.ndarray | int) -> None:
+        """Record that the decision for each row rests on ``tags`` (one per row, or one)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        values = np.broadcast_to(np.asarray(tags, dtype=np.uint32), rows.shape)
+        slot = self.tag_count[rows]
+        room = slot < MAX_TAGS
+        self.tags[rows[room], slot[room]] = values[room]
+        self.tag_count[rows[room]] += 1
+        self.overflow[rows[~room]] = True
 
 
 class PipelineError(ValueError):
@@ -123,10 +169,17 @@ class Pipeline:
             visit(index, [])
         return order[::-1]
 
-    def run(self, batch: Batch, rows: np.ndarray | None = None) -> None:
-        """Send ``rows`` (all of the batch by default) through the graph from the entry."""
+    def run(self, batch: Batch, rows: np.ndarray | None = None,
+            decided: Decisions | None = None) -> Decisions:
+        """Send ``rows`` (all of the batch by default) through the graph from the entry.
+
+        Returns the stages' decisions (in ``decided`` if given, else a fresh one).
+        """
         rows = np.arange(batch.count, dtype=np.int64) if rows is None else np.asarray(
             rows, dtype=np.int64)
+        if decided is None:
+            decided = Decisions(batch.capacity)
+            decided.reset(rows)
         current = np.full(len(rows), self.entry, dtype=np.int64)
         drop_column = batch.meta["drop"]
         for index in self.order:
@@ -137,7 +190,7 @@ class Pipeline:
             selected = rows[here]
             decision = np.full(len(here), DONE, dtype=np.int64)
             began = time.perf_counter_ns()
-            stage.process(batch, selected, decision)
+            stage.process(batch, selected, decision, decided)
             spent = time.perf_counter_ns() - began
             counters = self.counters[stage.NAME]
             counters.calls += 1
@@ -151,6 +204,7 @@ class Pipeline:
             going[dropped] = DONE
             current[here] = going
             self._trace(batch, selected, going, dropped, stage.NAME)
+        return decided
 
     def _trace(self, batch: Batch, selected: np.ndarray, going: np.ndarray,
                dropped: np.ndarray, name: str) -> None:

@@ -12,7 +12,7 @@ from scapy.layers.l2 import Ether
 
 from portico import drops
 from portico.batch import Batch
-from portico.datapath.pipeline import DONE, Pipeline, PipelineError
+from portico.datapath.pipeline import DONE, Decisions, Pipeline, PipelineError
 from portico.datapath.stages.parse import parse
 
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
@@ -30,7 +30,8 @@ class ParseStage:
     NEXT: ClassVar[tuple[str, ...]] = ("by-protocol",)
     DROPS = None
 
-    def process(self, batch: Batch, rows: np.ndarray, decision: np.ndarray) -> None:
+    def process(self, batch: Batch, rows: np.ndarray, decision: np.ndarray,
+                decided: Decisions) -> None:
         parse(batch)
         decision[:] = 0
 
@@ -40,7 +41,8 @@ class ByProtocol:
     NEXT: ClassVar[tuple[str, ...]] = ("tcp-out", "udp-filter")
     DROPS = None
 
-    def process(self, batch: Batch, rows: np.ndarray, decision: np.ndarray) -> None:
+    def process(self, batch: Batch, rows: np.ndarray, decision: np.ndarray,
+                decided: Decisions) -> None:
         proto = batch.meta["protocol"][rows]
         decision[:] = np.where(proto == 6, 0, np.where(proto == 17, 1, DONE))
 
@@ -50,7 +52,8 @@ class TcpOut:
     NEXT: ClassVar[tuple[str, ...]] = ()
     DROPS = None
 
-    def process(self, batch: Batch, rows: np.ndarray, decision: np.ndarray) -> None:
+    def process(self, batch: Batch, rows: np.ndarray, decision: np.ndarray,
+                decided: Decisions) -> None:
         batch.meta["out_port"][rows] = 7
         decision[:] = DONE
 
@@ -60,7 +63,8 @@ class UdpFilter:
     NEXT: ClassVar[tuple[str, ...]] = ("tcp-out",)  # DNS is let through by the same door
     DROPS = ToyDrop
 
-    def process(self, batch: Batch, rows: np.ndarray, decision: np.ndarray) -> None:
+    def process(self, batch: Batch, rows: np.ndarray, decision: np.ndarray,
+                decided: Decisions) -> None:
         dns = batch.meta["dport"][rows] == 53
         batch.meta["drop"][rows[~dns]] = ToyDrop.UDP_FORBIDDEN
         decision[:] = np.where(dns, 0, DONE)
