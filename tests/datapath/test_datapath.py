@@ -12,6 +12,8 @@ from enum import IntEnum
 from typing import ClassVar
 
 import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
@@ -170,3 +172,23 @@ def test_control_packets_always_see_the_stages() -> None:
     dp.process(Batch.from_packets([bytes(syn), bytes(ack)]), 2)
     assert dp.counters["forced"] - before["forced"] == 1
     assert dp.counters["hits"] - before["hits"] == 1
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(min_size=0, max_size=120), min_size=1, max_size=40),
+       st.lists(st.binary(min_size=34, max_size=80), max_size=20))
+def test_arbitrary_bytes_never_break_the_datapath(junk: list[bytes], mutated: list[bytes]) -> None:
+    """Every packet ends output or dropped with a named reason; nothing raises."""
+    base = bytes(Ether() / IP(src="10.0.0.5", dst="198.1.0.1") / UDP(sport=1, dport=2))
+    frames = junk + [base[:14] + m[14:] for m in mutated]
+    for cached in (True, False):
+        dp, _ = datapath(cached=cached)
+        for now in (1, 2):  # the second pass meets whatever the first one cached
+            batch = Batch.from_packets(frames)
+            dp.process(batch, now)
+            m = batch.meta[: batch.count]
+            for row in range(batch.count):
+                if m["drop"][row]:
+                    assert not drops.name(m["drop"][row]).startswith("unknown")
+                else:
+                    assert m["out_port"][row] in (1, 2)
