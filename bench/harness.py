@@ -94,6 +94,14 @@ from bench.flowcache import (
 )
 from bench.lpm import FULL_LPM, QUICK_LPM, LpmSettings, format_lpm, lpm_target_lines, run_lpm
 from bench.peers import PEERS
+from bench.pipeline import (
+    FULL_PIPELINE,
+    QUICK_PIPELINE,
+    PipelineSettings,
+    format_pipeline,
+    pipeline_target_lines,
+    run_pipeline,
+)
 from bench.timing import median_seconds
 from bench.workloads import (
     WORKLOADS,
@@ -112,10 +120,10 @@ from bench.workloads import (
 )
 
 # Beside the packet workloads: route lookups (bench/lpm.py), the container
-# classifier (bench/classify.py) and the flow cache (bench/flowcache.py), each
-# reported in its own table.
+# classifier (bench/classify.py), the flow cache (bench/flowcache.py) and the
+# datapath's hit path (bench/pipeline.py), each reported in its own table.
 CLASSIFY_WORKLOADS = ("classify", "classify-update")
-ALL_WORKLOADS = (*WORKLOADS, "lpm", *CLASSIFY_WORKLOADS, "flowcache")
+ALL_WORKLOADS = (*WORKLOADS, "lpm", *CLASSIFY_WORKLOADS, "flowcache", "pipeline-hit")
 PEER_NAMES = ("struct", "dpkt", "scapy")
 RESIDENT = 1 << 14  # packets in the cache-resident working set: 4 MiB of slots
 SWEEP = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -139,13 +147,15 @@ class Settings:
     lpm: LpmSettings = FULL_LPM
     classify: ClassifySettings = FULL_CLASSIFY
     flowcache: FlowcacheSettings = FULL_FLOWCACHE
+    pipeline: PipelineSettings = FULL_PIPELINE
 
 
 FULL = Settings(packets=1 << 18, batches=SWEEP, repeats=7,
                 samples={"struct": 1 << 18, "dpkt": 50_000, "scapy": 5_000})
 QUICK = Settings(packets=1 << 16, batches=(256, 4096), repeats=3,
                  samples={"struct": 20_000, "dpkt": 5_000, "scapy": 500}, quick=True,
-                 lpm=QUICK_LPM, classify=QUICK_CLASSIFY, flowcache=QUICK_FLOWCACHE)
+                 lpm=QUICK_LPM, classify=QUICK_CLASSIFY, flowcache=QUICK_FLOWCACHE,
+                 pipeline=QUICK_PIPELINE)
 
 
 # ---------------------------------------------------------------- timing
@@ -345,6 +355,8 @@ def run_bench(settings: Settings, workloads: Sequence[str],
         entries += run_classify(settings.classify, workloads, status)
     if "flowcache" in workloads:
         entries += run_flowcache(settings.flowcache, status)
+    if "pipeline-hit" in workloads:
+        entries += run_pipeline(settings.pipeline, status)
     run = {"quick": settings.quick,
            "repeats": settings.repeats, "peer_repeats": settings.peer_repeats,
            "traffic": "64-byte IPv4 frames, TCP/UDP 50/50, 100k flows, uniform",
@@ -399,6 +411,7 @@ def format_table(report: dict[str, Any]) -> str:
     lines += format_lpm([e for e in report["workloads"] if e["name"] == "lpm"])
     lines += format_classify(report["workloads"])
     lines += format_flowcache(report["workloads"])
+    lines += format_pipeline(report["workloads"])
     lines += [""] + [f"target: {line}" for line in target_lines(report)]
     return "\n".join(lines)
 
@@ -424,7 +437,8 @@ def target_lines(report: dict[str, Any]) -> list[str]:
                              f"{value:,.0f}x, {verdict}")
     lines += lpm_target_lines([e for e in report["workloads"] if e["name"] == "lpm"])
     return (lines + classify_target_lines(report["workloads"])
-            + flowcache_target_lines(report["workloads"]))
+            + flowcache_target_lines(report["workloads"])
+            + pipeline_target_lines(report["workloads"]))
 
 
 def plot(report: dict[str, Any], path: str | Path) -> None:
@@ -508,7 +522,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(packets=packets, batches=batches or base.batches,
                     repeats=base.repeats, samples=base.samples,
                     peer_repeats=base.peer_repeats, quick=base.quick, lpm=lpm,
-                    classify=base.classify, flowcache=flowcache)
+                    classify=base.classify, flowcache=flowcache,
+                    pipeline=(dataclasses.replace(base.pipeline, batches=batches) if batches
+                              else base.pipeline))
 
 
 def run(args: argparse.Namespace) -> int:

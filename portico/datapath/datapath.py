@@ -33,6 +33,7 @@ refused by its entry from then on, with the same reason counted.
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from portico.batch import Batch
 from portico.datapath.actions import Action, ActionTable, Op, apply
@@ -41,19 +42,59 @@ from portico.datapath.pipeline import Decisions, Pipeline
 from portico.datapath.stages.parse import parse
 from portico.packet.tcp import FIN, RST, SYN
 
-ICMP_ERRORS = np.zeros(256, dtype=bool)
+ICMP_ERRORS = np.zeros(256, dtype=np.bool_)
 ICMP_ERRORS[[3, 5, 11, 12]] = True  # ICMPv4: unreachable, redirect, time exceeded, parameter
-ICMPV6_ERRORS = np.zeros(256, dtype=bool)
+ICMPV6_ERRORS = np.zeros(256, dtype=np.bool_)
 ICMPV6_ERRORS[[1, 2, 3, 4]] = True  # ICMPv6: unreachable, too big, time exceeded, parameter
+CONTROL_FLAGS = SYN | FIN | RST
 
 
-def needs_stages(meta: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Per row: True for packets that must run the stages even when their flow is cached."""
-    m = meta[rows]
-    tcp_control = (m["protocol"] == 6) & ((m["tcp_flags"] & (SYN | FIN | RST)) != 0)
-    icmp_error = ((m["protocol"] == 1) & ICMP_ERRORS[m["icmp_type"]]) | (
-        (m["protocol"] == 58) & ICMPV6_ERRORS[m["icmp_type"]])
-    return tcp_control | icmp_error | (m["ip_version"] == 0)
+@njit(cache=True, inline="always")
+def _must_see_stages(m) -> bool:  # type: ignore[no-untyped-def]
+    """TCP SYN/FIN/RST, ICMP errors and non-IP packets run the stages whatever is cached."""
+    if m.ip_version == 0:
+        return True
+    if m.protocol == 6:
+        return (m.tcp_flags & CONTROL_FLAGS) != 0
+    if m.protocol == 1:
+        return ICMP_ERRORS[m.icmp_type]
+    if m.protocol == 58:
+        return ICMPV6_ERRORS[m.icmp_type]
+    return False
+
+
+@njit(cache=True)
+def _triage(meta, count, candidates, forced):  # type: ignore[no-untyped-def]
+    """Sort the live rows into cache candidates and rows that must see the stages."""
+    n_candidates = 0
+    n_forced = 0
+    for i in range(count):
+        m = meta[i]
+        if m.drop != 0:
+            continue
+        if _must_see_stages(m):
+            forced[n_forced] = i
+            n_forced += 1
+        else:
+            candidates[n_candidates] = i
+            n_candidates += 1
+    return n_candidates, n_forced
+
+
+@njit(cache=True)
+def _split_hits(entries, candidates, action_of, hit_rows, hit_ids, miss_rows, n_miss):  # type: ignore[no-untyped-def]
+    """Hits with their action ids, and the misses appended after ``n_miss`` forced rows."""
+    n_hit = 0
+    for k in range(len(candidates)):
+        e = entries[k]
+        if e >= 0:
+            hit_rows[n_hit] = candidates[k]
+            hit_ids[n_hit] = action_of[e]
+            n_hit += 1
+        else:
+            miss_rows[n_miss] = candidates[k]
+            n_miss += 1
+    return n_hit, n_miss
 
 
 class Datapath:
@@ -70,29 +111,32 @@ class Datapath:
     def process(self, batch: Batch, now: int) -> None:
         """Parse, look up, run the stages for the misses, synthesize, apply: one batch."""
         parse(batch)
-        rows = np.arange(batch.count, dtype=np.int64)
+        count = batch.count
         meta = batch.meta
-        live = rows[meta["drop"][: batch.count] == 0]
-        self.counters["packets"] += batch.count
-        hit_rows = np.zeros(0, dtype=np.int64)
-        hit_ids = np.zeros(0, dtype=np.int64)
-        miss_rows = live
-        if self.cache is not None and len(live):
-            forced = needs_stages(meta, live)
-            self.counters["forced"] += int(forced.sum())
-            candidates = live[~forced]
-            entries = self.cache.lookup(meta, candidates, now)
-            hit = entries >= 0
-            hit_rows = candidates[hit]
-            hit_ids = self.cache.entries["action"][entries[hit]].astype(np.int64)
-            miss_rows = np.concatenate([live[forced], candidates[~hit]])
-        self.counters["hits"] += len(hit_rows)
-        self.counters["misses"] += len(miss_rows)
-        if len(miss_rows):
-            miss_ids = self._stages(batch, miss_rows, now)
-            apply(batch, miss_rows, miss_ids, self.actions)
-        if len(hit_rows):
-            apply(batch, hit_rows, hit_ids, self.actions)
+        self.counters["packets"] += count
+        if self.cache is None:
+            miss_rows = np.flatnonzero(meta["drop"][:count] == 0)
+            self.counters["misses"] += len(miss_rows)
+            if len(miss_rows):
+                apply(batch, miss_rows, self._stages(batch, miss_rows, now), self.actions)
+            return
+        candidates = np.empty(count, dtype=np.int64)
+        misses = np.empty(count, dtype=np.int64)
+        n_candidates, n_forced = _triage(meta, count, candidates, misses)
+        candidates = candidates[:n_candidates]
+        entries = self.cache.lookup(meta, candidates, now)
+        hit_rows = np.empty(n_candidates, dtype=np.int64)
+        hit_ids = np.empty(n_candidates, dtype=np.int64)
+        n_hit, n_miss = _split_hits(entries, candidates, self.cache.entries["action"], hit_rows,
+                                    hit_ids, misses, n_forced)
+        self.counters["forced"] += n_forced
+        self.counters["hits"] += n_hit
+        self.counters["misses"] += n_miss
+        if n_miss:
+            miss_rows = misses[:n_miss]
+            apply(batch, miss_rows, self._stages(batch, miss_rows, now), self.actions)
+        if n_hit:
+            apply(batch, hit_rows[:n_hit], hit_ids[:n_hit], self.actions)
 
     def _stages(self, batch: Batch, rows: np.ndarray, now: int) -> np.ndarray:
         """Run the stages for ``rows``; synthesize and cache their decisions; the action ids."""
