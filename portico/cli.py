@@ -250,7 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="benchmarks, side by side with Scapy, dpkt and a struct loop",
         description="Run the benchmark workloads through Portico and the peers on the same "
-        "packets, in one run, and report packets/s and ratios.",
+        "packets, in one run, and report packets/s and ratios. Every run first checks that "
+        "Portico and the peers computed the same thing.",
+        epilog="examples:\n"
+        "  portico bench --quick                      every workload, small, under a minute\n"
+        "  portico bench --json > results.json        the full run, as JSON\n"
+        "  portico bench --workload parse --batch 256 --batch 4096\n"
+        "  portico bench --workload lpm --workload classify\n"
+        "results of a full run on this project's machine: bench/RESULTS.md",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     try:
         from bench import harness
