@@ -572,6 +572,14 @@ def _allocate(tenant, proto, iaddr, iport, now, b, pairs, ht, free, pools, addrs
 
 
 # -------------------------------------------------------------- batch kernels
+@njit(cache=True, inline="always")
+def _translatable(m, echo_type):  # type: ignore[no-untyped-def]
+    """IPv4 TCP, UDP, or the ICMP echo of this direction (``echo_type``), with its header."""
+    proto = m.protocol
+    return m.ip_version == 4 and m.l4 >= 0 and (
+        proto == 6 or proto == 17 or (proto == 1 and m.icmp_type == echo_type))
+
+
 @njit(cache=True)
 def _out_kernel(meta, rows, now, out, reasons, b, pairs, ht, free, pools, addrs, tpool, ctl):  # type: ignore[no-untyped-def]
     for k in range(rows.shape[0]):
@@ -579,11 +587,7 @@ def _out_kernel(meta, rows, now, out, reasons, b, pairs, ht, free, pools, addrs,
         out[k] = -1
         reasons[k] = 0
         proto = np.int64(m.protocol)
-        if not (
-            m.ip_version == 4
-            and m.l4 >= 0
-            and (proto == 6 or proto == 17 or (proto == 1 and m.icmp_type == ECHO_REQUEST))
-        ):
+        if not _translatable(m, ECHO_REQUEST):
             reasons[k] = R_UNTRANSLATABLE
             ctl[K_UNTRANSLATABLE] += 1
             continue
@@ -620,11 +624,7 @@ def _in_kernel(meta, rows, now, hairpin, out, reasons, b, pairs, ht, free, addrs
         out[k] = -1
         reasons[k] = 0
         proto = np.int64(m.protocol)
-        if not (
-            m.ip_version == 4
-            and m.l4 >= 0
-            and (proto == 6 or proto == 17 or (proto == 1 and m.icmp_type == ECHO_REPLY))
-        ):
+        if not _translatable(m, ECHO_REPLY):
             reasons[k] = R_UNTRANSLATABLE
             if not hairpin:
                 ctl[K_UNTRANSLATABLE] += 1
