@@ -2,55 +2,65 @@
 
 Theory of operation.
 
-*Bitsets.* Number the rules in match order (``RuleSet.ordered``): the answer for
-a packet is the lowest rule whose bit is set in the AND of one bitset per
-dimension. For each dimension, every value a packet can have maps to a row of
-rule bits:
+*Candidates from the address trie.* A packet's source and destination each
+have a *class*: the set of keys (containers, and rule literals) that hold the
+address, found with one LPM lookup in the container store. Rules that name a
+container are few per container, so the class is the most selective
+dimension there is: a packet's candidates are the rules *anchored* at the keys
+of its classes. Every rule is anchored in one place:
 
-* source and destination address: the container store maps an address to its
-  *class* (the set of containers and rule literals holding it) through its LPM
-  table, one lookup per address. Each class has a row for its use as a source
-  (rules whose source is any of the class's keys, or "any") and one as a
-  destination.
-* protocol: a row per protocol number.
-* source and destination port, ICMP type/code (``type << 8 | code``): the values fall into
-  elementary intervals between the rules' bounds, and a table maps each value
-  to its interval's row. Packets without ports (or that are not ICMP) get one
-  more row: the rules with no constraint on that dimension.
+* at its source key or its destination key, when it names one (the shorter
+  of the two lists, when it names both);
+* else at its destination port, when that is a single port: one list per
+  port value;
+* else in each 256-port *bucket* its port range overlaps, when that is at
+  most ``MAX_BUCKETS`` buckets;
+* else in the one *wide* list (any source, any destination, any port or a
+  very wide range: the default rule is here).
 
-*Partitions.* Rules that accept "any" source or destination, or any
-protocol, make those rows dense, and a first-match search over dense rows
-walks many words before it finds a rule that all dimensions agree on. So the
-destination port, which nearly every rule constrains, is also a *cut*: its
-elementary intervals are grouped by the set of rules they admit, and each
-distinct set is a partition with its own, local, bit numbering (in match
-order). A packet's destination port picks its partition, and the search runs
-over that partition's few words only: with 10,000 rules spread over a couple
-of hundred service ports, two or three words instead of 157. A partition's
-words are a column range of every row, so a class's row is still computed
-once (an OR of its keys' rows) whatever the number of partitions.
+A packet walks the lists of its source class's keys, of its destination
+class's keys, of its destination port and port bucket, and the wide list: a
+handful of short lists, whatever the number of rules.
 
-Partitions cost memory: every row is as wide as all partitions together, and
-a rule admitted by many intervals is in many partitions. So the classifier
-partitions only when the tables fit ``memory_budget``; otherwise it keeps one
-partition holding every rule. The destination port stays a row as well, so
-both layouts answer the same (the row is redundant inside a port partition).
+*Intersection.* Each list is kept in match order. Its entries carry, beside
+the rule's slot, the rule's order key, destination-port bounds and protocol,
+so those dimensions are intersected inline while the list is read
+sequentially; only candidates that pass load the rule record (source port,
+ICMP type/code, the source and destination key) for the rest. An address
+dimension is tested by finding the rule's key among the packet's class keys
+(a class has a few). Port and ICMP bounds encode "no constraint" as a range
+that also holds the extra value of packets without ports (``PORTLESS``) or
+that are not ICMP (``NOT_ICMP``), so one comparison serves both. Each list is
+walked until its first match or until its order keys pass the best match so
+far; the answer is the earliest rule over all the lists.
 
-*Summaries.* Beside the rows, one bit per 64-bit word of a row (per
-partition) says whether the word is non-zero. The kernel ANDs the
-summaries of the five rows first and then only the candidate words,
-stopping at the first rule found.
+Why not rule bitsets (the first design): a first-match search over rule
+bitsets ANDs dense rows ("any" source, "any" protocol) word by word until the
+first common bit; at 10k rules that was ~50 words a packet (4.3 Mpps), and
+cutting the bitsets by port to go faster cost gigabytes. Anchoring takes the
+"any" dimensions out of the candidate sets instead of ANDing them.
 
-*Changes.* The container store tells the classifier when a class comes into
-use or is released; only that class's two rows are computed, so adding or
-removing an address costs the few LPM entries and rows it touches. A change
-of rules renumbers them and rebuilds the rule-indexed rows (the trie, the
-classes and the LPM tables stay as they are). All rows live in one 2-D
-array, because a Numba call pays per argument.
+*Memory stalls.* The LPM table, the class rows, the list directory and the
+lists are bigger than the cache together, and each one's address comes from
+the one before. The kernel therefore works in passes, one step for every
+packet each, and prefetches (``portico.prefetch``) packet ``k + AHEAD``'s
+lines while it works on packet ``k``.
+
+*Changes are local.* Adding or removing an address changes the store's
+classes; the classifier is told (``class_added``/``class_removed``) and
+rewrites that class's row of key ids only. Adding or removing a rule writes
+its record and inserts it into (or deletes it from) its lists, placing it
+with an order key between its neighbours' (keys are spread with gaps and
+respread only when a gap runs out); the rank the caller sees, the rule's
+index in match order, is one O(rules) vector write. Lists live in one pool
+with room to grow; a full list moves to the pool's end with twice the room,
+and the pool is compacted when more than half of it is garbage. All of it is
+a few arrays, because a Numba call pays per argument.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Hashable
 
 import numpy as np
@@ -59,65 +69,59 @@ from numba import njit
 from portico.batch import Batch
 from portico.classify.containers import ContainerStore, Literal
 from portico.classify.lpm4 import NO_MATCH, lookup4
-from portico.classify.rules import Rule, RuleSet
+from portico.classify.rules import Rule, RuleChange, RuleSet
+from portico.prefetch import prefetch
 
 NO_RULE = -1
-PORTLESS = 65536  # the extra value of the port dimensions: packets without ports
-NOT_ICMP = 65536  # the extra value of the ICMP dimension
-VALUES = 65537  # values per dimension in ``value_row``, the extra one included
-SMALL_PART = 8  # partitions of up to this many words are searched without summaries
-DEFAULT_MEMORY_BUDGET = 512 << 20  # bytes of rows a classifier may use to partition
-Span = Callable[[Rule], tuple[int, int]]
-Test = Callable[[Rule], bool]
+PORTLESS = 65536  # the port value of packets without ports
+NOT_ICMP = 65536  # the ICMP type/code value of packets that are not ICMP
+ANY_KEY = -1
+NO_ORDER = np.iinfo(np.int64).max
 
-# Positions in ``layout``.
-PROTO_BASE, SPORT_BASE, ICMP_BASE, DPORT_BASE, CLASS_BASE = range(5)
-# Columns of ``parts``: per partition, its words and summary words and its rules.
-P_OFFSET, P_WORDS, P_SUMMARY_OFFSET, P_SUMMARY_WORDS, P_RULES = range(5)
-
-# De Bruijn lookup for the index of a 64-bit word's lowest set bit.
-_DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
-_DEBRUIJN_INDEX = np.zeros(64, dtype=np.int64)
-for _bit in range(64):
-    _DEBRUIJN_INDEX[((1 << _bit) * 0x03F79D71B4CB0A89 >> 58) & 63] = _bit
-
-
-@njit(cache=True, inline="always")
-def lowest_bit(word: np.uint64) -> int:
-    low = word & (~word + np.uint64(1))
-    return _DEBRUIJN_INDEX[np.int64((low * _DEBRUIJN) >> np.uint64(58))]
-
-
-@njit(cache=True, inline="always")
-def admitted(table, picked, k, at):  # type: ignore[no-untyped-def]
-    """Word ``at`` of the AND of packet ``k``'s six rows of ``table`` (rows or summaries).
-
-    The destination-port row comes first: it is the sparsest, so a word that ends
-    up zero usually shows it at once.
-    """
-    return (table[picked[k, 5], at] & table[picked[k, 0], at] & table[picked[k, 1], at]
-            & table[picked[k, 2], at] & table[picked[k, 3], at] & table[picked[k, 4], at])
+# Columns of a rule record (``fields``). RANK is the rule's index in match order.
+RANK, PROTO, SPORT_LO, SPORT_HI, ICMP_LO, ICMP_HI, SRC_KEY, DST_KEY = range(8)
+FIELD_COUNT = 8
+# Columns of a pool entry and of a list's directory entry. An entry's ORDER is an
+# order key with gaps between rules, so inserting a rule rarely rewrites the others'.
+E_ORDER, E_SLOT, E_DPORT_LO, E_DPORT_HI, E_PROTO = range(5)
+ENTRY = 5
+AHEAD = 8  # packets a pass prefetches ahead
+ORDER_SPAN = 1 << 62
+L_OFFSET, L_LENGTH, L_ROOM = range(3)
+# List ids: the wide list, then one per destination port, then two per key.
+WIDE_LIST = 0
+PORT_LISTS = 1
+BUCKET_BITS = 8  # port ranges are listed in each 256-port bucket they overlap...
+BUCKET_LISTS = PORT_LISTS + 65536
+MAX_BUCKETS = 16  # ...unless they overlap more than this many: then they are wide
+KEY_LISTS = BUCKET_LISTS + (65536 >> BUCKET_BITS)
+SRC_SIDE, DST_SIDE = 0, 1
 
 
 @njit(cache=True)
-def classify_kernel(meta, rows_in, count, rows, summary, value_row, layout,  # type: ignore[no-untyped-def]
-                    parts, part_rules, tbl24, tbl8, class6, out):
-    """Index of the first matching rule for ``meta[rows_in[k]]`` into ``out[k]`` (-1: none).
+def classify_kernel(meta, rows_in, count, fields, pool, lists, class_keys,  # type: ignore[no-untyped-def]
+                    tbl24, tbl8, class6, out):
+    """Rank (index in match order) of the first rule matching ``meta[rows_in[k]]``, or -1.
 
-    ``value_row`` holds four blocks of ``VALUES``: the partition of each destination
-    port, the row of each source port, of each ICMP type/code, of each destination
-    port. ``class6`` holds the (src, dst) classes of IPv6 rows, looked up before the call.
+    ``class6`` holds the (src, dst) classes of IPv6 rows, looked up before the call.
 
-    Two passes: the first finds every packet's rows (the LPM loads, which miss
-    cache), the second searches them. Each pass is a tight loop of independent
-    iterations, so the processor overlaps one packet's cache misses with the next's.
+    The tables are bigger than the cache and each step's address comes from the
+    step before (LPM entry -> class row -> list directory -> list), so the work is
+    done in passes, one step for every packet each, and each pass prefetches what
+    packet ``k + AHEAD`` will need while it works on packet ``k``.
     """
-    proto_base = layout[PROTO_BASE]
-    class_base = layout[CLASS_BASE]
-    # Pass 1: the six rows of each packet (r_src, r_dst, r_proto, r_sport, r_icmp,
-    # r_dport) and its partition; partition -1 marks a packet outside the rules' domain.
-    picked = np.empty((count, 7), dtype=np.int64)
+    width = class_keys.shape[1]
+    most = 2 * width + 3  # lists a packet can walk: its keys' lists, port, bucket, wide
+    classes = np.empty((count, 2), dtype=np.int64)
+    spans = np.empty((count, most, 2), dtype=np.int64)
+    walks = np.zeros(count, dtype=np.int64)
+    values = np.empty((count, 4), dtype=np.int64)  # protocol, sport, dport, ICMP type/code
+    # Pass 1: the classes of both addresses (and the values the rules compare).
     for k in range(count):
+        if k + AHEAD < count:
+            ahead = meta[rows_in[k + AHEAD]]
+            prefetch(tbl24, np.int64(ahead.src4) >> 8)
+            prefetch(tbl24, np.int64(ahead.dst4) >> 8)
         m = meta[rows_in[k]]
         if m.ip_version == 4:
             src_class = lookup4(tbl24, tbl8, m.src4)
@@ -126,72 +130,115 @@ def classify_kernel(meta, rows_in, count, rows, summary, value_row, layout,  # t
             src_class = class6[k, 0]
             dst_class = class6[k, 1]
         else:
-            picked[k, 6] = -1  # not IP: outside the rules' domain
+            classes[k, 0] = -1  # not IP: outside the rules' domain
             continue
-        if src_class == NO_MATCH:
-            src_class = 0
-        if dst_class == NO_MATCH:
-            dst_class = 0
-        picked[k, 0] = class_base + 2 * np.int64(src_class)
-        picked[k, 1] = class_base + 2 * np.int64(dst_class) + 1
+        classes[k, 0] = 0 if src_class == NO_MATCH else np.int64(src_class)
+        classes[k, 1] = 0 if dst_class == NO_MATCH else np.int64(dst_class)
         proto = np.int64(m.protocol)
-        picked[k, 2] = proto_base + proto
+        values[k, 0] = proto
         if proto == 6 or proto == 17 or proto == 132:
-            picked[k, 6] = value_row[np.int64(m.dport)]
-            picked[k, 3] = value_row[VALUES + np.int64(m.sport)]
-            picked[k, 5] = value_row[3 * VALUES + np.int64(m.dport)]
+            values[k, 1] = np.int64(m.sport)
+            values[k, 2] = np.int64(m.dport)
         else:
-            picked[k, 6] = value_row[PORTLESS]
-            picked[k, 3] = value_row[VALUES + PORTLESS]
-            picked[k, 5] = value_row[3 * VALUES + PORTLESS]
+            values[k, 1] = PORTLESS
+            values[k, 2] = PORTLESS
         if proto == 1 or proto == 58:
-            picked[k, 4] = value_row[2 * VALUES + (np.int64(m.icmp_type) << 8)
-                                     + np.int64(m.icmp_code)]
+            values[k, 3] = (np.int64(m.icmp_type) << 8) | np.int64(m.icmp_code)
         else:
-            picked[k, 4] = value_row[2 * VALUES + NOT_ICMP]
-    # Pass 2: the first rule all six rows agree on, within the packet's partition.
+            values[k, 3] = NOT_ICMP
+    # Pass 2: the lists each packet walks, from its classes' key rows; their spans.
     for k in range(count):
-        part = picked[k, 6]
-        if part < 0:
+        if k + AHEAD < count and classes[k + AHEAD, 0] >= 0:
+            prefetch(class_keys, classes[k + AHEAD, 0])
+            prefetch(class_keys, classes[k + AHEAD, 1])
+        if classes[k, 0] < 0:
+            continue
+        n = 0
+        for side in range(2):
+            klass = classes[k, side]
+            for j in range(width):
+                key = class_keys[klass, j]
+                if key < 0:
+                    break
+                spans[k, n, 0] = KEY_LISTS + 2 * key + side
+                n += 1
+        dport = values[k, 2]
+        if dport != PORTLESS:
+            spans[k, n, 0] = PORT_LISTS + dport
+            spans[k, n + 1, 0] = BUCKET_LISTS + (dport >> BUCKET_BITS)
+            n += 2
+        spans[k, n, 0] = WIDE_LIST
+        walks[k] = n + 1
+    for k in range(count):
+        if k + AHEAD < count:
+            for w in range(walks[k + AHEAD]):
+                prefetch(lists, spans[k + AHEAD, w, 0])
+        for w in range(walks[k]):
+            lst = spans[k, w, 0]
+            spans[k, w, 0] = lists[lst, L_OFFSET]
+            spans[k, w, 1] = lists[lst, L_OFFSET] + lists[lst, L_LENGTH]
+    # Pass 3: walk the lists; the answer is the first rule in match order over them.
+    for k in range(count):
+        if k + AHEAD < count:
+            for w in range(walks[k + AHEAD]):
+                prefetch(pool, spans[k + AHEAD, w, 0])
+        if classes[k, 0] < 0:
             out[k] = NO_RULE
             continue
-        offset = parts[part, P_OFFSET]
-        first_rule = parts[part, P_RULES]
-        found = NO_RULE
-        if parts[part, P_WORDS] <= SMALL_PART:
-            # A few words share a cache line or two: reading them beats reading summaries.
-            for w in range(parts[part, P_WORDS]):
-                bits = admitted(rows, picked, k, offset + w)
-                if bits:
-                    found = part_rules[first_rule + w * 64 + lowest_bit(bits)]
+        src_class = classes[k, 0]
+        dst_class = classes[k, 1]
+        proto = values[k, 0]
+        sport = values[k, 1]
+        dport = values[k, 2]
+        icmp = values[k, 3]
+        best = np.int64(NO_ORDER)
+        found = np.int64(-1)
+        # One loop walks all the lists, written out here rather than in a helper:
+        # a call that passes arrays costs more than the walk itself.
+        for w in range(walks[k]):
+            for e in range(spans[k, w, 0], spans[k, w, 1]):
+                order = pool[e, E_ORDER]
+                if order >= best:
                     break
-        else:
-            for s in range(parts[part, P_SUMMARY_WORDS]):
-                candidates = admitted(summary, picked, k, parts[part, P_SUMMARY_OFFSET] + s)
-                while candidates and found == NO_RULE:
-                    w = s * 64 + lowest_bit(candidates)
-                    candidates &= candidates - np.uint64(1)
-                    bits = admitted(rows, picked, k, offset + w)
-                    if bits:
-                        found = part_rules[first_rule + w * 64 + lowest_bit(bits)]
-                if found != NO_RULE:
-                    break
-        out[k] = found
+                if dport < pool[e, E_DPORT_LO] or dport > pool[e, E_DPORT_HI]:
+                    continue
+                rule_proto = pool[e, E_PROTO]
+                if rule_proto >= 0 and rule_proto != proto:
+                    continue
+                slot = pool[e, E_SLOT]
+                if sport < fields[slot, SPORT_LO] or sport > fields[slot, SPORT_HI]:
+                    continue
+                if icmp < fields[slot, ICMP_LO] or icmp > fields[slot, ICMP_HI]:
+                    continue
+                held = 0  # both keys among the packet's class keys ("any" is held)
+                for side in range(2):
+                    key = fields[slot, SRC_KEY + side]
+                    if key == ANY_KEY:
+                        held += 1
+                        continue
+                    klass = classes[k, side]
+                    for j in range(width):
+                        if class_keys[klass, j] == key:
+                            held += 1
+                            break
+                        if class_keys[klass, j] < 0:
+                            break
+                if held < 2:
+                    continue
+                best = order
+                found = slot
+                break
+        out[k] = fields[found, RANK] if found >= 0 else NO_RULE
 
 
-def _intervals(ranges: list[tuple[int, int]], size: int) -> tuple[np.ndarray, list[int]]:
-    """Elementary intervals of [0, size) cut at every range bound.
-
-    Returns the interval index of each value and the starts of the intervals.
-    """
-    cuts = sorted({0} | {lo for lo, _ in ranges} | {hi + 1 for _, hi in ranges if hi + 1 < size})
-    index = np.searchsorted(np.array(cuts), np.arange(size), side="right") - 1
-    return index.astype(np.int64), cuts
+def _ports(lo: int, hi: int, full: bool) -> tuple[int, int]:
+    """Bounds as the kernel compares them: a full range also admits PORTLESS."""
+    return (0, PORTLESS) if full else (lo, hi)
 
 
-def _icmp_range(rule: Rule) -> tuple[int, int]:
+def _icmp_bounds(rule: Rule) -> tuple[int, int]:
     if rule.icmp_type is None:
-        return (0, 65535)
+        return (0, NOT_ICMP)
     if rule.icmp_code is None:
         return (rule.icmp_type << 8, (rule.icmp_type << 8) | 0xFF)
     key = (rule.icmp_type << 8) | rule.icmp_code
@@ -201,253 +248,294 @@ def _icmp_range(rule: Rule) -> tuple[int, int]:
 class Classifier:
     """One tenant's rules in one direction, compiled over that tenant's containers."""
 
-    def __init__(self, store: ContainerStore, rules: RuleSet, *,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> None:
+    def __init__(self, store: ContainerStore, rules: RuleSet) -> None:
         self.store = store
-        self.memory_budget = memory_budget
         self.ruleset = rules
-        self.rules: list[Rule] = []
+        self.rules: list[Rule] = []  # match order; ``classify`` answers indices into it
         self.version = -1  # the RuleSet version compiled
-        self._literals: list[Literal] = []
-        self._key_bits: dict[tuple[str, Hashable | None], np.ndarray] = {}
+        # Rule records, by slot.
+        self.fields = np.zeros((64, FIELD_COUNT), dtype=np.int32)
+        self._free_slots: list[int] = list(range(63, -1, -1))
+        self._slot: dict[str, int] = {}
+        self._anchor: dict[str, list[int]] = {}  # rule id -> its lists
+        self._literals: dict[str, list[Literal]] = {}  # rule id -> literals it holds
+        self._order_keys: list[tuple[int, str]] = []
+        self._slot_order = np.zeros(0, dtype=np.int64)  # slots in match order
+        self._order_of = np.zeros(64, dtype=np.int64)  # slot -> order key
+        # Keys (containers, literals) that rules use: ids, users, the classes holding them.
+        self._key_id: dict[Hashable, int] = {}
+        self._key_users: dict[Hashable, int] = {}
+        self._free_keys: list[int] = []
+        self._classes_of: dict[Hashable, set[int]] = {}
         self._class_keys: dict[int, frozenset[Hashable]] = {}
-        self._class_capacity = 16
-        self.compile()
+        self.class_keys = np.full((16, 4), -1, dtype=np.int32)
+        # The candidate lists: a directory and one pool.
+        self.lists = np.zeros((KEY_LISTS, 3), dtype=np.int64)
+        self.pool = np.zeros((1024, ENTRY), dtype=np.int64)
+        self._pool_used = 0
+        self._garbage = 0
         store.subscribe(self)
-        # Recompile when the change lands, so ``rules`` and the tables never lag the set.
-        self._unsubscribe_rules: Callable[[], None] = rules.subscribe(
-            lambda _change: self.compile())
+        self.compile()
+        # Follow each change as it lands, so ``rules`` and the tables never lag the set.
+        self._unsubscribe_rules: Callable[[], None] = rules.subscribe(self._rules_changed)
 
-    # ---------------------------------------------------------------- compiling rules
+    # ---------------------------------------------------------------- rule changes
     def compile(self) -> None:
-        """(Re)number the rules and build the partitions and every rule-indexed row."""
-        rules = self.ruleset.ordered()
-        self._hold_literals(rules)
-        self.rules = rules
-        self.version = self.ruleset.version
-        self._partition(rules)
-        # One entry per (partition, local rule): the word column and bit it sets.
-        member_rule = self.part_rules
-        member_col = np.repeat(self.parts[:, P_OFFSET], self._part_sizes) + self._local // 64
-        member_bit = np.left_shift(np.uint64(1), (self._local % 64).astype(np.uint64))
+        """Bring the tables to the rule set as it is now (the rules it has and lacks)."""
+        want = {rule.id: rule for rule in self.ruleset.ordered()}
+        have = {rule.id: rule for rule in self.rules}
+        gone = {rule_id for rule_id, rule in have.items() if want.get(rule_id) != rule}
+        new = {rule_id for rule_id, rule in want.items() if have.get(rule_id) != rule}
+        self._apply(gone, new)
 
-        def contribute(block: np.ndarray, rows_of: Callable[[Rule], slice | list[int]]) -> None:
-            """Set each member's bit in the rows its rule admits (``slice(None)``: all)."""
-            everywhere = np.zeros(self.total_words, dtype=np.uint64)
-            picked_rows: list[int] = []
-            picked: list[int] = []
-            for j, r in enumerate(member_rule):
-                chosen = rows_of(rules[r])
-                if isinstance(chosen, slice):
-                    everywhere[member_col[j]] |= member_bit[j]
-                else:
-                    picked_rows += chosen
-                    picked += [j] * len(chosen)
-            block |= everywhere
-            if picked:
-                index = np.array(picked, dtype=np.int64)
-                np.bitwise_or.at(block, (np.array(picked_rows), member_col[index]),
-                                 member_bit[index])
-
-        blocks = []
-        proto = np.zeros((256, self.total_words), dtype=np.uint64)
-        contribute(proto, lambda rule: slice(None) if rule.protocol is None else [rule.protocol])
-        blocks.append(proto)
-        value_row = np.zeros(4 * VALUES, dtype=np.int64)
-        value_row[:VALUES] = self._value_part
-        base = 256
-        for d, (span, constrained) in enumerate((
-            (lambda rule: (rule.sport.lo, rule.sport.hi), lambda rule: not rule.sport.is_full),
-            (_icmp_range, lambda rule: rule.icmp_type is not None),
-            # Inside a port partition every rule admits every port mapped to it, so the
-            # destination-port row only does work when there is a single partition.
-            (lambda rule: (rule.dport.lo, rule.dport.hi),
-             lambda rule: not self.partitioned and not rule.dport.is_full),
-        ), start=1):
-            ranges = [span(rule) for rule in rules if constrained(rule)]
-            index, cuts = _intervals(ranges, 65536)
-            # One row per interval, and a last one for packets without ports / not ICMP:
-            # those match only the rules that leave this dimension open.
-            block = np.zeros((len(cuts) + 1, self.total_words), dtype=np.uint64)
-            def in_intervals(rule: Rule, span: Span = span, constrained: Test = constrained,
-                             index: np.ndarray = index) -> slice | list[int]:
-                if not constrained(rule):
-                    return slice(None)
-                lo, hi = span(rule)
-                return list(range(index[lo], index[hi] + 1))
-
-            def when_open(rule: Rule, constrained: Test = constrained) -> slice | list[int]:
-                return [] if constrained(rule) else slice(None)
-
-            contribute(block, in_intervals)
-            block[len(cuts)] = 0
-            contribute(block[len(cuts):], when_open)
-            value_row[d * VALUES : d * VALUES + 65536] = base + index
-            value_row[d * VALUES + 65536] = base + len(cuts)
-            blocks.append(block)
-            base += len(block)
-        self.layout = np.array([0, 256, 256 + len(blocks[1]),
-                                256 + len(blocks[1]) + len(blocks[2]), base], dtype=np.int64)
-        self.value_row = value_row
-
-        # Per-key rows for the address dimensions ("any" under key None).
-        self._key_bits = {}
-        for side, match_of in (("src", lambda rule: rule.src), ("dst", lambda rule: rule.dst)):
-            keys = [self._key(match_of(rules[r])) for r in member_rule]
-            for key in dict.fromkeys(keys):
-                self._key_bits[(side, key)] = np.zeros(self.total_words, dtype=np.uint64)
-            for j, key in enumerate(keys):
-                self._key_bits[(side, key)][member_col[j]] |= member_bit[j]
-
-        self.rows = np.zeros((base + 2 * self._class_capacity, self.total_words), np.uint64)
-        self.rows[:base] = np.concatenate(blocks)
-        self.summary = np.zeros((self.rows.shape[0], self.total_summary), dtype=np.uint64)
-        self._summarize(0, base)
-        for class_id, class_keys in self._class_keys.items():
-            self._class_rows(class_id, class_keys)
-
-    def _hold_literals(self, rules: list[Rule]) -> None:
-        """Hold the new rules' literal prefixes in the store, then let the old ones go."""
-        held = [self.store.add_literal(m.prefix) for rule in rules for m in (rule.src, rule.dst)
-                if m.prefix is not None]
-        for literal in self._literals:
-            self.store.remove_literal(literal)
-        self._literals = held
-
-    @staticmethod
-    def _key(match: object) -> Hashable | None:
-        container = getattr(match, "container", None)
-        prefix = getattr(match, "prefix", None)
-        if container is not None:
-            return container
-        return Literal(prefix) if prefix is not None else None
-
-    def _partition(self, rules: list[Rule]) -> None:
-        """Group destination-port intervals by the rules they admit; lay the groups out."""
-        ranges = [(rule.dport.lo, rule.dport.hi) for rule in rules if not rule.dport.is_full]
-        index, cuts = _intervals(ranges, 65536)
-        open_rules = [r for r, rule in enumerate(rules) if rule.dport.is_full]
-        members: list[list[int]] = [list(open_rules) for _ in cuts]
-        for r, rule in enumerate(rules):
-            if not rule.dport.is_full:
-                for interval in range(index[rule.dport.lo], index[rule.dport.hi] + 1):
-                    members[interval].append(r)
-        groups: dict[tuple[int, ...], int] = {}
-        interval_part = []
-        for rule_list in [*members, open_rules]:  # the last: packets without ports
-            key = tuple(sorted(rule_list))
-            interval_part.append(groups.setdefault(key, len(groups)))
-        value_part = np.empty(VALUES, dtype=np.int64)
-        value_part[:65536] = np.array(interval_part[:-1])[index]
-        value_part[PORTLESS] = interval_part[-1]
-        # Rows: protocols, a few per port/ICMP interval, two per class of the store.
-        self._class_capacity = max(self._class_capacity, self._capacity_for(
-            self.store.class_count()))
-        def interval_rows(bounds: list[tuple[int, int]]) -> int:
-            return len({0} | {lo for lo, _ in bounds} | {hi + 1 for _, hi in bounds}) + 1
-
-        # As laid out when partitioned: the destination-port rows collapse to two.
-        sports = [(r.sport.lo, r.sport.hi) for r in rules if not r.sport.is_full]
-        icmps = [_icmp_range(r) for r in rules if r.icmp_type is not None]
-        row_count = 256 + 2 + 2 * self._class_capacity + interval_rows(sports) + interval_rows(
-            icmps)
-        width = sum(max(1, -(-len(key) // 64)) for key in groups)
-        self.partitioned = row_count * width * 8 <= self.memory_budget
-        if not self.partitioned:  # one partition: every rule, whatever the port
-            groups = {tuple(range(len(rules))): 0}
-            value_part[:] = 0
-        sizes = np.array([len(key) for key in groups], dtype=np.int64)
-        words = np.maximum(1, -(-sizes // 64))
-        summary_words = -(-words // 64)
-        parts = np.zeros((len(groups), 5), dtype=np.int64)
-        parts[:, P_OFFSET] = np.concatenate([[0], np.cumsum(words)[:-1]])
-        parts[:, P_WORDS] = words
-        parts[:, P_SUMMARY_OFFSET] = np.concatenate([[0], np.cumsum(summary_words)[:-1]])
-        parts[:, P_SUMMARY_WORDS] = summary_words
-        parts[:, P_RULES] = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        self.parts = parts
-        self.part_rules = np.array([r for key in groups for r in key], dtype=np.int64)
-        self._part_sizes = sizes
-        self._local = np.concatenate([np.arange(n) for n in sizes]) if len(sizes) else (
-            np.zeros(0, np.int64))
-        self._value_part = value_part
-        self.total_words = int(words.sum())
-        self.total_summary = int(summary_words.sum())
-        # Where each word's summary bit goes: summary word = segment, bit = word % 64 in part.
-        local_word = np.concatenate([np.arange(n) for n in words])
-        part_of_word = np.repeat(np.arange(len(words)), words)
-        self._summary_of_word = parts[part_of_word, P_SUMMARY_OFFSET] + local_word // 64
-        self._summary_weight = np.left_shift(np.uint64(1), (local_word % 64).astype(np.uint64))
-        self._segment_starts = np.flatnonzero(
-            np.r_[True, self._summary_of_word[1:] != self._summary_of_word[:-1]])
-
-    def close(self) -> None:
-        """Stop following the store and the rules, and give back the rule literals."""
-        self.store.unsubscribe(self)
-        self._unsubscribe_rules()
-        for literal in self._literals:
-            self.store.remove_literal(literal)
-        self._literals = []
-
-    def affected_rules(self, containers: frozenset[str]) -> set[str]:
-        """Ids of the rules a container change can affect (for flow-cache invalidation)."""
-        return {rule_id for name in containers for rule_id in self.ruleset.rules_using(name)}
+    def _rules_changed(self, change: RuleChange) -> None:
+        self._apply(change.removed | change.updated, change.added | change.updated)
 
     def sync(self) -> bool:
-        """Recompile if the rule set changed since the last compile; True if it did."""
+        """Catch up with the rule set if a change was missed; True if it did."""
         if self.ruleset.version == self.version:
             return False
         self.compile()
         return True
 
-    # ---------------------------------------------------------------- classes (store events)
+    def _apply(self, gone: set[str] | frozenset[str], new: set[str] | frozenset[str]) -> None:
+        by_id = {rule.id: rule for rule in self.rules if rule.id in gone}
+        for rule_id in gone:
+            if rule_id in self._slot:
+                self._remove_rule(by_id[rule_id])
+        added = [rule for rule_id in new if (rule := self.ruleset.get(rule_id)) is not None]
+        for rule in added:
+            self._add_rule(rule)
+        if len(added) > 8:
+            self._respace()
+        else:
+            for rule in sorted(added, key=lambda rule: rule.order_key):
+                self._place(rule)
+        # Ranks are positions in match order: renumber them all (one vector write).
+        self.fields[self._slot_order, RANK] = np.arange(len(self._slot_order), dtype=np.int32)
+        for rule in added:
+            self._anchor_rule(rule)
+        self.version = self.ruleset.version
+
+    def _place(self, rule: Rule) -> None:
+        """An order key between the rule's neighbours in match order (respace if none fits)."""
+        at = bisect_left(self._order_keys, rule.order_key)
+        before = int(self._order_of[self._slot_order[at - 1]]) if at else 0
+        after = ORDER_SPAN
+        for slot in self._slot_order[at + 1 :]:  # skip the new rules not placed yet
+            if self._order_of[slot] >= 0:
+                after = int(self._order_of[slot])
+                break
+        if after - before < 2:
+            self._respace()
+        else:
+            self._order_of[self._slot[rule.id]] = (before + after) // 2
+
+    def _respace(self) -> None:
+        """Order keys evenly spread again, in the lists too (rare: when a gap runs out)."""
+        step = ORDER_SPAN // (len(self._slot_order) + 1)
+        self._order_of[self._slot_order] = np.arange(1, len(self._slot_order) + 1) * step
+        used = self.pool[: self._pool_used]
+        used[:, E_ORDER] = self._order_of[used[:, E_SLOT]]
+
+    def _add_rule(self, rule: Rule) -> None:
+        if not self._free_slots:
+            grown = len(self.fields)
+            self.fields = np.concatenate([self.fields, np.zeros_like(self.fields)])
+            self._order_of = np.concatenate([self._order_of, np.zeros_like(self._order_of)])
+            self._free_slots = list(range(2 * grown - 1, grown - 1, -1))
+        slot = self._free_slots.pop()
+        self._slot[rule.id] = slot
+        self._order_of[slot] = -1  # not placed yet
+        literals = [self.store.add_literal(m.prefix) for m in (rule.src, rule.dst)
+                    if m.prefix is not None]
+        self._literals[rule.id] = literals
+        record = self.fields[slot]
+        record[PROTO] = -1 if rule.protocol is None else rule.protocol
+        record[SPORT_LO], record[SPORT_HI] = _ports(rule.sport.lo, rule.sport.hi,
+                                                     rule.sport.is_full)
+        record[ICMP_LO], record[ICMP_HI] = _icmp_bounds(rule)
+        record[SRC_KEY] = self._use_key(self._key(rule.src))
+        record[DST_KEY] = self._use_key(self._key(rule.dst))
+        at = bisect_left(self._order_keys, rule.order_key)
+        self._order_keys.insert(at, rule.order_key)
+        self._slot_order = np.insert(self._slot_order, at, slot)
+        self.rules.insert(at, rule)
+
+    def _anchor_rule(self, rule: Rule) -> None:
+        """Put the rule into its lists, in match order (order keys are already placed)."""
+        slot = self._slot[rule.id]
+        self._anchor[rule.id] = anchors = self._anchors(rule, slot)
+        lo, hi = _ports(rule.dport.lo, rule.dport.hi, rule.dport.is_full)
+        for lst in anchors:
+            self._insert_entry(lst, slot, lo, hi)
+
+    def _anchors(self, rule: Rule, slot: int) -> list[int]:
+        """The lists a rule is walked from: one key list, one port list, buckets, or wide."""
+        src, dst = int(self.fields[slot, SRC_KEY]), int(self.fields[slot, DST_KEY])
+        if src != ANY_KEY or dst != ANY_KEY:
+            src_list, dst_list = KEY_LISTS + 2 * src, KEY_LISTS + 2 * dst + 1
+            shorter = dst != ANY_KEY and (src == ANY_KEY or self.lists[dst_list, L_LENGTH]
+                                          < self.lists[src_list, L_LENGTH])
+            return [dst_list if shorter else src_list]
+        ports = rule.dport
+        if ports.is_full:
+            return [WIDE_LIST]
+        if ports.lo == ports.hi:
+            return [PORT_LISTS + ports.lo]
+        first, last = ports.lo >> BUCKET_BITS, ports.hi >> BUCKET_BITS
+        if last - first >= MAX_BUCKETS:
+            return [WIDE_LIST]
+        return [BUCKET_LISTS + bucket for bucket in range(first, last + 1)]
+
+    def _remove_rule(self, rule: Rule) -> None:
+        slot = self._slot.pop(rule.id)
+        for lst in self._anchor.pop(rule.id):
+            first, length = self.lists[lst, L_OFFSET], self.lists[lst, L_LENGTH]
+            entries = self.pool[first : first + length]
+            at = int(np.flatnonzero(entries[:, E_SLOT] == slot)[0])
+            entries[at : length - 1] = entries[at + 1 : length].copy()
+            self.lists[lst, L_LENGTH] -= 1
+        at = bisect_left(self._order_keys, rule.order_key)
+        del self._order_keys[at]
+        del self.rules[at]
+        self._slot_order = np.delete(self._slot_order, at)
+        self._drop_key(self._key(rule.src))
+        self._drop_key(self._key(rule.dst))
+        for literal in self._literals.pop(rule.id):
+            self.store.remove_literal(literal)
+        self.fields[slot] = 0
+        self._free_slots.append(slot)
+
+    # ---------------------------------------------------------------- the pool of lists
+    def _insert_entry(self, lst: int, slot: int, lo: int, hi: int) -> None:
+        if self.lists[lst, L_LENGTH] == self.lists[lst, L_ROOM]:
+            self._relocate(lst, max(4, 2 * int(self.lists[lst, L_ROOM])))
+        first, length = int(self.lists[lst, L_OFFSET]), int(self.lists[lst, L_LENGTH])
+        entries = self.pool[first : first + length + 1]
+        order = self._order_of[slot]
+        at = int(np.searchsorted(entries[:length, E_ORDER], order))
+        entries[at + 1 :] = entries[at:length].copy()
+        entries[at] = (order, slot, lo, hi, self.fields[slot, PROTO])
+        self.lists[lst, L_LENGTH] = length + 1
+
+    def _relocate(self, lst: int, room: int) -> None:
+        """Move one list to the end of the pool with ``room`` entries."""
+        if self._pool_used + room > len(self.pool):
+            if self._garbage > self._pool_used // 2:
+                self._compact()
+            if self._pool_used + room > len(self.pool):
+                size = max(2 * len(self.pool), self._pool_used + room)
+                grown = np.zeros((size, ENTRY), dtype=np.int64)
+                grown[: self._pool_used] = self.pool[: self._pool_used]
+                self.pool = grown
+        first, length, old_room = (int(v) for v in self.lists[lst])
+        at = self._pool_used
+        self.pool[at : at + length] = self.pool[first : first + length]
+        self.lists[lst] = (at, length, room)
+        self._pool_used += room
+        self._garbage += old_room
+
+    def _compact(self) -> None:
+        """Lay the lists out again without the garbage between them."""
+        live = np.flatnonzero(self.lists[:, L_ROOM] > 0)
+        pool = np.zeros_like(self.pool)
+        at = 0
+        for lst in live.tolist():
+            first, length, room = (int(v) for v in self.lists[lst])
+            pool[at : at + length] = self.pool[first : first + length]
+            self.lists[lst, L_OFFSET] = at
+            at += room
+        self.pool = pool
+        self._pool_used = at
+        self._garbage = 0
+
+    # ---------------------------------------------------------------- keys and classes
+    @staticmethod
+    def _key(match: object) -> Hashable | None:
+        container = getattr(match, "container", None)
+        if container is not None:
+            return container
+        prefix = getattr(match, "prefix", None)
+        return Literal(prefix) if prefix is not None else None
+
+    def _use_key(self, key: Hashable | None) -> int:
+        if key is None:
+            return ANY_KEY
+        self._key_users[key] = self._key_users.get(key, 0) + 1
+        if key in self._key_id:
+            return self._key_id[key]
+        key_id = self._free_keys.pop() if self._free_keys else len(self._key_id)
+        self._key_id[key] = key_id
+        need = KEY_LISTS + 2 * (key_id + 1)
+        if need > len(self.lists):
+            grown = np.zeros((max(need, KEY_LISTS + 2 * (len(self.lists) - KEY_LISTS) + 64), 3),
+                             dtype=np.int64)
+            grown[: len(self.lists)] = self.lists
+            self.lists = grown
+        for class_id in self._classes_of.get(key, ()):
+            self._write_class(class_id)
+        return key_id
+
+    def _drop_key(self, key: Hashable | None) -> None:
+        if key is None:
+            return
+        self._key_users[key] -= 1
+        if self._key_users[key]:
+            return
+        del self._key_users[key]
+        key_id = self._key_id.pop(key)
+        for side in (SRC_SIDE, DST_SIDE):
+            lst = KEY_LISTS + 2 * key_id + side
+            self._garbage += int(self.lists[lst, L_ROOM])
+            self.lists[lst] = 0
+        self._free_keys.append(key_id)
+        for class_id in self._classes_of.get(key, ()):
+            self._write_class(class_id)
+
     def class_added(self, class_id: int, keys: frozenset[Hashable]) -> None:
         self._class_keys[class_id] = keys
-        if class_id >= self._class_capacity:
-            self._grow(class_id + 1)
-        self._class_rows(class_id, keys)
+        for key in keys:
+            self._classes_of.setdefault(key, set()).add(class_id)
+        self._write_class(class_id)
 
     def class_removed(self, class_id: int) -> None:
-        self._class_keys.pop(class_id, None)
-        at = int(self.layout[CLASS_BASE]) + 2 * class_id
-        self.rows[at : at + 2] = 0
-        self.summary[at : at + 2] = 0
+        for key in self._class_keys.pop(class_id, ()):
+            holders = self._classes_of[key]
+            holders.discard(class_id)
+            if not holders:
+                del self._classes_of[key]
+        if class_id < len(self.class_keys):
+            self.class_keys[class_id] = -1
 
-    def _class_rows(self, class_id: int, keys: frozenset[Hashable]) -> None:
-        at = int(self.layout[CLASS_BASE]) + 2 * class_id
-        for offset, side in ((0, "src"), (1, "dst")):
-            row = self.rows[at + offset]
-            any_bits = self._key_bits.get((side, None))
-            row[:] = 0 if any_bits is None else any_bits
-            for key in keys:
-                found = self._key_bits.get((side, key))
-                if found is not None:
-                    row |= found
-        self._summarize(at, at + 2)
-
-    @staticmethod
-    def _capacity_for(classes: int) -> int:
-        return max(16, 1 << max(0, classes - 1).bit_length())
-
-    def _grow(self, need: int) -> None:
-        capacity = max(need, 2 * self._class_capacity)
-        grown = (self.rows.shape[0] + 2 * (capacity - self._class_capacity)) * self.total_words
-        if self.partitioned and grown * 8 > self.memory_budget:
-            # More classes than the partitioned layout can afford: fall back to one partition.
-            self._class_capacity = capacity
-            self.compile()
-            return
-        extra = 2 * (capacity - self._class_capacity)
-        self.rows = np.concatenate([self.rows, np.zeros((extra, self.total_words), np.uint64)])
-        self.summary = np.concatenate(
-            [self.summary, np.zeros((extra, self.total_summary), np.uint64)])
-        self._class_capacity = capacity
-
-    def _summarize(self, first: int, last: int) -> None:
-        weighted = np.where(self.rows[first:last] != 0, self._summary_weight, np.uint64(0))
-        self.summary[first:last] = np.bitwise_or.reduceat(weighted, self._segment_starts, axis=1)
+    def _write_class(self, class_id: int) -> None:
+        """The ids of the rule keys among a class's keys: the row the kernel reads."""
+        ids = [self._key_id[key] for key in self._class_keys.get(class_id, ())
+               if key in self._key_id]
+        rows, width = self.class_keys.shape
+        if class_id >= rows or len(ids) > width:
+            grown = np.full((max(rows, 2 * class_id + 2) if class_id >= rows else rows,
+                             max(width, len(ids))), -1, dtype=np.int32)
+            grown[:rows, :width] = self.class_keys
+            self.class_keys = grown
+        row = self.class_keys[class_id]
+        row[:] = -1
+        row[: len(ids)] = ids
 
     # ---------------------------------------------------------------- lookups
+    def close(self) -> None:
+        """Stop following the store and the rules, and give back the rule literals."""
+        self.store.unsubscribe(self)
+        self._unsubscribe_rules()
+        for literals in self._literals.values():
+            for literal in literals:
+                self.store.remove_literal(literal)
+        self._literals = {}
+
+    def affected_rules(self, containers: frozenset[str]) -> set[str]:
+        """Ids of the rules a container change can affect (for flow-cache invalidation)."""
+        return {rule_id for name in containers for rule_id in self.ruleset.rules_using(name)}
+
     def classify(self, batch: Batch, rows: np.ndarray | None = None) -> np.ndarray:
         """Index into ``self.rules`` of the first rule matching each row (-1: none)."""
         self.sync()
@@ -463,14 +551,23 @@ class Classifier:
             class6[six, 1] = self.store.lpm6.lookup(picked["dst6_hi"], picked["dst6_lo"])
         out = np.empty(len(rows), dtype=np.int64)
         lpm = self.store.lpm4
-        classify_kernel(meta, rows, len(rows), self.rows, self.summary, self.value_row,
-                        self.layout, self.parts, self.part_rules, lpm.tbl24, lpm.tbl8, class6,
-                        out)
+        classify_kernel(meta, rows, len(rows), self.fields, self.pool, self.lists,
+                        self.class_keys, lpm.tbl24, lpm.tbl8, class6, out)
         return out
 
+    def list_lengths(self) -> dict[str, int]:
+        """Rules anchored per kind of list (how the candidates spread; for the bench)."""
+        lengths = self.lists[:, L_LENGTH]
+        return {"wide": int(lengths[WIDE_LIST]),
+                "port": int(lengths[PORT_LISTS:BUCKET_LISTS].sum()),
+                "port range": sum(BUCKET_LISTS <= lists[0] < KEY_LISTS
+                                  for lists in self._anchor.values()),
+                "source key": int(lengths[KEY_LISTS::2].sum()),
+                "destination key": int(lengths[KEY_LISTS + 1 :: 2].sum())}
+
     def memory_bytes(self) -> int:
-        return int(self.rows.nbytes + self.summary.nbytes + self.value_row.nbytes
-                   + self.parts.nbytes + self.part_rules.nbytes)
+        return int(self.fields.nbytes + self.pool.nbytes + self.lists.nbytes
+                   + self.class_keys.nbytes + self._slot_order.nbytes)
 
 
 __all__ = ["NO_RULE", "Classifier", "classify_kernel"]

@@ -242,12 +242,8 @@ def test_classifier_equals_brute_force(data: st.DataObject) -> None:
         store.include("c", "b")
     rules = RuleSet(tenant="t", direction="ingress")
     rules.replace_all(data.draw(rule_sets()))
-    partitioned = Classifier(store, rules)
-    single = Classifier(store, rules, memory_budget=0)  # one partition: every rule
-    assert partitioned.partitioned and not single.partitioned
-    batch = data.draw(traffic(held))
-    check_against_reference(store, partitioned, batch)
-    check_against_reference(store, single, batch)
+    classifier = Classifier(store, rules)
+    check_against_reference(store, classifier, data.draw(traffic(held)))
 
 
 @SLOW
@@ -281,44 +277,32 @@ def test_stream_of_updates_stays_equal_to_brute_force(data: st.DataObject) -> No
     assert store.node_count() == 0 and store.class_count() == 1
 
 
-def test_memory_budget_holds_as_classes_grow() -> None:
-    store = ContainerStore()
-    store.create("a", ["10.0.0.0/24"])
-    rules = RuleSet(tenant="t", direction="ingress")
-    rules.replace_all([rule(f"r{n}", n, src="container:a", protocol="tcp", dport=1000 + n)
-                       for n in range(200)])
-    budget = 1 << 20  # the partitioned rows: ~0.5 MB now, ~2 MB with 300 more classes
-    classifier = Classifier(store, rules, memory_budget=budget)
-    assert classifier.partitioned
-    for n in range(300):  # each container a class of its own
-        store.create(f"c{n}", [f"10.{1 + n // 250}.{n % 250}.0/24"])
-    assert not classifier.partitioned
-    assert classifier.rows.nbytes <= budget
-    check_against_reference(store, classifier, packets(
-        {"src": "10.0.0.9", "dst": "10.1.3.4", "protocol": 6, "dport": 1007},
-        {"src": "10.1.3.9", "dst": "10.0.0.4", "protocol": 6, "dport": 1007},
-    ))
 
-
-def test_large_partitions_search_through_summaries() -> None:
-    """700 rules in one partition (11 words): the kernel's summary path, against the reference."""
+def test_many_rules_over_every_kind_of_list() -> None:
+    """700 rules over key, port and wide lists, long enough to relocate them in the pool."""
     rng = np.random.default_rng(4)
     store = ContainerStore()
     for n, name in enumerate(NAMES):
         store.create(name, [f"10.{n}.0.0/16", f"10.{n}.{n}.0/24"])
     made = []
-    for n in range(700):  # rule n owns port n, so answers spread over all eleven words
+    for n in range(700):
         fields: dict[str, object] = {
             "src": str(rng.choice(["any", "any", "any", "container:a", "10.2.0.0/16"])),
             "dst": str(rng.choice(["any", "any", "any", "container:c"])),
             "protocol": str(rng.choice(["tcp", "udp"])),
-            "dport": n,
         }
+        if n % 7:
+            fields["dport"] = int(rng.integers(0, 40))
+        elif n % 2:  # a range within a few port buckets, or so wide that it is a wide rule
+            fields["dport"] = f"{n}-{n + 30}" if n % 3 else f"{n}-{n + 20000}"
+        elif n < 560:  # late rules take any port (early ones would shadow everything)
+            fields["dport"] = n
         made.append(rule(f"r{n:03d}", n, **fields))
     rules = RuleSet(tenant="t", direction="ingress")
     rules.replace_all(made)
-    classifier = Classifier(store, rules, memory_budget=0)
-    assert not classifier.partitioned and classifier.parts[0, 1] == 11
+    classifier = Classifier(store, rules)
+    spread = classifier.list_lengths()
+    assert sum(spread.values()) == 700 and min(spread.values()) > 10, spread
     rows = [{"src": f"10.{rng.integers(0, 5)}.{rng.integers(0, 5)}.9",
              "dst": f"10.{rng.integers(0, 5)}.{rng.integers(0, 5)}.7",
              "protocol": int(rng.choice([6, 17])), "dport": int(rng.integers(0, 750))}
@@ -326,4 +310,37 @@ def test_large_partitions_search_through_summaries() -> None:
     batch = packets(*rows)
     check_against_reference(store, classifier, batch)
     found = classifier.classify(batch)
-    assert (found >= 512).sum() > 10 and (found == -1).sum() > 10  # deep words and misses
+    assert (found >= 400).sum() > 10 and len(np.unique(found)) > 30  # late rules, many rules
+    # Remove every other rule, one at a time, then put them back: lists shrink, move, compact.
+    for n in range(0, 700, 2):
+        rules.remove(f"r{n:03d}")
+    check_against_reference(store, classifier, batch)
+    assert sum(classifier.list_lengths().values()) == 350
+    for n in range(0, 700, 2):
+        rules.add(made[n])
+    check_against_reference(store, classifier, batch)
+    assert [r.id for r in classifier.rules] == [r.id for r in rules.ordered()]
+
+
+def test_one_rule_change_touches_one_list() -> None:
+    """Adding a rule writes its record and one list; no other list moves or changes."""
+    store = ContainerStore()
+    store.create("a", ["10.0.0.0/24"])
+    store.create("b", ["10.1.0.0/24"])
+    rules = RuleSet(tenant="t", direction="ingress")
+    rules.replace_all([rule(f"r{n}", 10 * n, src="container:a", protocol="tcp", dport=80 + n)
+                       for n in range(50)])
+    classifier = Classifier(store, rules)
+    lists_before = classifier.lists.copy()
+    rules.add(rule("new", 15, dst="container:b", protocol="udp", dport=53))
+    changed = np.flatnonzero((classifier.lists != lists_before[: len(classifier.lists)]).any(
+        axis=1))
+    assert len(changed) == 1
+    assert classifier.list_lengths()["destination key"] == 1
+    check_against_reference(store, classifier, packets(
+        {"src": "10.0.0.9", "dst": "10.1.0.4", "protocol": 17, "dport": 53},
+        {"src": "10.0.0.9", "dst": "10.1.0.4", "protocol": 6, "dport": 81},
+        {"src": "10.0.0.9", "dst": "10.1.0.4", "protocol": 6, "dport": 82},
+    ))
+    assert list(classifier.classify(packets(
+        {"src": "10.0.0.9", "dst": "10.1.0.4", "protocol": 17, "dport": 53}))) == [2]
