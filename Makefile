@@ -1,6 +1,7 @@
 # Portico's two promises: `make run` and `make test` work on a fresh machine.
 # Both create .venv when it is missing and install what they need into it;
-# `make test` also installs the Debian packages the tests use (tshark).
+# `make test` also installs the Debian packages the tests use (tshark, nftables,
+# ipset, iptables).
 
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
@@ -18,13 +19,25 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[test,bench,dev]'
 	touch $@
 
-# tshark (and capinfos, from wireshark-common) decode our output independently.
+# tshark (and capinfos, from wireshark-common) decode our output independently;
+# nft (nftables), ipset and iptables-legacy (iptables) run the classifier's kernel peers
+# (bench/nftables.py, tests/bench/test_nftables_peer.py).
 system-deps:
 	@command -v tshark >/dev/null 2>&1 || { \
 	  echo "installing tshark (Debian package)"; \
 	  apt-get update -q >/dev/null && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q tshark >/dev/null; }
 	@command -v tshark >/dev/null 2>&1 || { echo "tshark is required by the tests: install it (apt-get install tshark)"; exit 1; }
+	@command -v nft >/dev/null 2>&1 || { \
+	  echo "installing nftables (Debian package)"; \
+	  apt-get update -q >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables >/dev/null; }
+	@command -v nft >/dev/null 2>&1 || { echo "nft is required by the tests: install it (apt-get install nftables)"; exit 1; }
+	@{ command -v ipset && command -v iptables-legacy; } >/dev/null 2>&1 || { \
+	  echo "installing ipset and iptables (Debian packages)"; \
+	  apt-get update -q >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q ipset iptables >/dev/null; }
+	@{ command -v ipset && command -v iptables-legacy; } >/dev/null 2>&1 || { echo "ipset and iptables-legacy are required by the tests: install them (apt-get install ipset iptables)"; exit 1; }
 
 # The main job on the embedded default: generate a sample capture, parse it, summarize.
 run: $(STAMP)

@@ -17,15 +17,27 @@ reported.
 (median and p99 over a few hundred of each) with 1k, 10k and 100k rules
 installed: the cost must not grow with the number of rules.
 
-Linux nftables/ipset set lookups are the other peer the issue names. They
-need packets through a kernel datapath in a network namespace, which arrives
-with the namespace lab; until then they are reported as not measured.
+Linux nftables and ipset set lookups are the other peers the issue names
+(``bench/nftables.py``, whose docstring says how they are built and
+measured). The same containers and rules are written as an nftables ruleset
+(one interval set per container, one rule per rule, in match order) and as
+ipset sets matched by iptables rules, each loaded into a network namespace of
+its own, and the first ``kernel_packets`` packets of the same traffic are
+sent through as real frames. Each rule's kernel counter must equal the
+number of those packets the classifier chose that rule for (the run fails
+otherwise). The figure is the kernel's rule evaluation per packet (a pass
+through the policy less a pass through a one-rule chain, in CPU time on the
+sender's CPU, where the softirq runs) as packets per second of one CPU; the
+ratios are Portico's pps over the peer's. Where a peer cannot run (not root,
+a command missing) its pps is None and ``kernel_peers`` says why; the rest of
+the run goes on.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +47,6 @@ import numpy as np
 
 from bench.timing import median_seconds
 from portico.batch import Batch
-from portico.classify.classifier import DEFAULT_MEMORY_BUDGET
 
 SERVICE_PORTS = np.array(sorted({20, 21, 22, 23, 25, 53, 67, 68, 69, 80, 88, 110, 111, 123, 135,
                                  137, 138, 139, 143, 161, 162, 179, 389, 443, 445, 465, 500, 514,
@@ -48,7 +59,6 @@ SERVICE_PORTS = np.array(sorted({20, 21, 22, 23, 25, 53, 67, 68, 69, 80, 88, 110
                                  9418, 10250, 11211, 15672, 27017, 50000}))
 TARGET_CLASSIFY = (10_000, 10.0)  # issue 3: >= 10 Mpps against 10k rules
 TARGET_UPDATE_US = 50.0
-UNBOUNDED = 1 << 62  # a memory budget that always lets the classifier partition
 
 
 @dataclass(frozen=True)
@@ -62,11 +72,16 @@ class ClassifySettings:
     update_rules: tuple[int, ...] = (1_000, 10_000, 100_000)
     updates: int = 300
     repeats: int = 5
+    # The kernel peers (bench/nftables.py): which, over how many of the packets, how often.
+    kernel_peers: tuple[str, ...] = ("nftables", "ipset")
+    kernel_packets: int = 4096
+    kernel_repeats: int = 3
 
 
 FULL_CLASSIFY = ClassifySettings()
 QUICK_CLASSIFY = ClassifySettings(prefixes=20_000, packets=1 << 12, linear_sample=100,
-                                  update_rules=(1_000, 10_000), updates=100, repeats=3)
+                                  update_rules=(1_000, 10_000), updates=100, repeats=3,
+                                  kernel_packets=2048)
 
 
 def build_containers(settings: ClassifySettings, seed: int = 7) -> tuple[Any, np.ndarray]:
@@ -152,9 +167,7 @@ def run_classify(settings: ClassifySettings, workloads: Sequence[str],
         rules = RuleSet(tenant="bench", direction=Direction.INGRESS)
         rules.replace_all(make_rules(settings.rules, settings.containers))
         traffic = make_traffic(networks, settings.packets)
-        for budget in (DEFAULT_MEMORY_BUDGET, UNBOUNDED):
-            entries += _classify_one(store, rules, traffic, settings, budget, containers_s,
-                                     status)
+        entries += _classify_one(store, rules, traffic, settings, containers_s, status)
     if "classify-update" in workloads:
         rng = np.random.default_rng(11)
         for count in settings.update_rules:
@@ -188,17 +201,16 @@ def run_classify(settings: ClassifySettings, workloads: Sequence[str],
 
 
 def _classify_one(store: Any, rules: Any, traffic: Batch, settings: ClassifySettings,
-                  budget: int, containers_s: float,
+                  containers_s: float,
                   status: Callable[[str], None]) -> list[dict[str, Any]]:
-    """One classifier over ``rules`` with a memory budget, timed per batch size."""
+    """One classifier over ``rules``, timed per batch size."""
     from portico.classify.classifier import Classifier
     from portico.classify.reference import classify_rows
 
     entries: list[dict[str, Any]] = []
     began = time.perf_counter()
-    classifier = Classifier(store, rules, memory_budget=budget)
+    classifier = Classifier(store, rules)
     compile_s = time.perf_counter() - began
-    layout = "partitioned" if classifier.partitioned else "single"
     status("classify: linear scan (the reference) on a sample")
     sample = np.arange(min(settings.linear_sample, traffic.count))
     ordered = rules.ordered()
@@ -227,10 +239,10 @@ def _classify_one(store: Any, rules: Any, traffic: Batch, settings: ClassifySett
         pps = traffic.count / median_seconds(work, settings.repeats)[0]
         entries.append({
             "name": "classify", "packets": traffic.count, "batch": size, "pps": round(pps),
-            "layout": layout, "memory_budget": None if budget == UNBOUNDED else budget,
+            "anchored": classifier.list_lengths(),
             "rules": len(ordered), "containers": settings.containers,
             "prefixes": settings.prefixes, "specific_match_share": round(specific, 3),
-            "peers": {"linear": round(linear_pps), "nftables": None},
+            "peers": {"linear": round(linear_pps)},
             "peer_packets": {"linear": len(sample)},
             "ratios": {"linear": round(pps / linear_pps, 1)},
             "build_s": {"containers": round(containers_s, 2), "rules": round(compile_s, 2)},
@@ -238,8 +250,51 @@ def _classify_one(store: Any, rules: Any, traffic: Batch, settings: ClassifySett
                              "lpm4": store.lpm4.memory_bytes()},
             "trie_nodes": store.node_count(), "classes": store.class_count(),
         })
+    kernel = kernel_peers(store, rules, traffic, everything, settings, status)
+    for entry in entries:
+        add_kernel_peers(entry, kernel)
     classifier.close()
     return entries
+
+
+def kernel_peers(store: Any, rules: Any, traffic: Batch, chosen: np.ndarray,
+                 settings: ClassifySettings,
+                 status: Callable[[str], None] = lambda _: None) -> dict[str, dict[str, Any]]:
+    """Each kernel peer's result (``bench.nftables.measure``), or its pps None and why.
+
+    ``chosen`` is the classifier's rule for every packet of ``traffic``: the
+    peers' counters are checked against it (``MismatchError`` propagates). A
+    peer that cannot run here, or whose lab fails, is reported, not raised:
+    the rest of the bench goes on without it.
+    """
+    from bench.nftables import PeerUnavailable, measure
+
+    results: dict[str, dict[str, Any]] = {}
+    for peer in settings.kernel_peers:
+        try:
+            result = measure(peer, store, rules, traffic, packets=settings.kernel_packets,
+                             repeats=settings.kernel_repeats, chosen=chosen, status=status)
+            results[peer] = {**result, "reason": None}
+        except PeerUnavailable as error:
+            results[peer] = {"peer": peer, "pps": None, "reason": str(error)}
+        except subprocess.CalledProcessError as error:
+            said = (error.stderr or "").strip().splitlines()
+            results[peer] = {"peer": peer, "pps": None,
+                             "reason": f"{' '.join(map(str, error.cmd[:5]))} failed: "
+                                       f"{said[0] if said else error.returncode}"}
+        except (OSError, subprocess.SubprocessError, ValueError) as error:
+            results[peer] = {"peer": peer, "pps": None, "reason": f"failed: {error}"}
+    return results
+
+
+def add_kernel_peers(entry: dict[str, Any], kernel: dict[str, dict[str, Any]]) -> None:
+    """A ``classify`` entry's peers, sample sizes and ratios, with the kernel peers'."""
+    for peer, result in kernel.items():
+        entry["peers"][peer] = result["pps"]
+        if result["pps"]:
+            entry["peer_packets"][peer] = result["packets"]
+            entry["ratios"][peer] = round(entry["pps"] / result["pps"], 1)
+    entry["kernel_peers"] = kernel
 
 
 def format_classify(entries: Sequence[dict[str, Any]]) -> list[str]:
@@ -251,17 +306,15 @@ def format_classify(entries: Sequence[dict[str, Any]]) -> list[str]:
                   f"holding {first['prefixes']} prefixes; {first['trie_nodes']} trie nodes, "
                   f"{first['classes']} classes; "
                   f"{first['specific_match_share']:.0%} of packets meet a rule before the default",
-                  f"{'budget':>10}{'layout':>13}{'memory':>10}{'build s':>9}{'batch':>7}"
+                  f"{'memory':>10}{'build s':>9}{'batch':>7}"
                   f"{'portico pps':>14}{'linear pps':>12}{'x linear':>10}"]
         for e in looks:
-            budget = "none" if e["memory_budget"] is None else f"{e['memory_budget'] >> 20} MiB"
-            lines.append(f"{budget:>10}{e['layout']:>13}"
-                         f"{e['memory_bytes']['classifier'] / 2**20:>6.0f} MiB"
+            lines.append(f"{e['memory_bytes']['classifier'] / 2**20:>6.1f} MiB"
                          f"{e['build_s']['rules']:>9}{e['batch']:>7}{e['pps'] / 1e6:>12.2f} M"
                          f"{e['peers']['linear']:>12,}{e['ratios']['linear']:>10,.0f}")
         lines.append(f"containers built in {first['build_s']['containers']} s; LPM "
-                     f"{first['memory_bytes']['lpm4'] / 2**20:.0f} MiB; "
-                     "nftables/ipset: not measured (needs the namespace lab)")
+                     f"{first['memory_bytes']['lpm4'] / 2**20:.0f} MiB")
+        lines += format_kernel_peers(looks)
     updates = [e for e in entries if e["name"] == "classify-update"]
     if updates:
         lines += ["", "classify-update: one prefix added to / removed from one container",
@@ -272,6 +325,26 @@ def format_classify(entries: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def format_kernel_peers(looks: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per kernel peer: its cost per packet, Portico's ratio per batch, the load."""
+    lines: list[str] = []
+    kernel = looks[0].get("kernel_peers", {})
+    for peer, result in kernel.items():
+        if not result["pps"]:
+            reason = result["reason"] or "below the noise (the policy pass cost no more)"
+            lines.append(f"{peer}: not measured: {reason}")
+            continue
+        ratios = ", ".join(f"x{e['ratios'][peer]:,.0f} at batch {e['batch']}" for e in looks)
+        lines += [f"{peer}: {result['ns_per_packet'] / 1e3:,.1f} us/packet of rule evaluation "
+                  f"(one CPU: {result['pps']:,} pps); Portico {ratios}",
+                  f"  {result['rules']} rules and {result['sets']} sets "
+                  f"({result['elements']} prefixes) loaded in {result['load_s']} s; "
+                  f"{result['packets']} packets, {result['rules_walked']:,.0f} rules walked "
+                  f"each on average ({result['ns_per_rule_walked']} ns a rule); every rule's "
+                  "counter equals the classifier's choices"]
+    return lines
+
+
 def classify_target_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
     lines = []
     rules, mpps = TARGET_CLASSIFY
@@ -279,10 +352,8 @@ def classify_target_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
         if e["name"] == "classify" and e["batch"] == 256:
             value = e["pps"] / 1e6
             verdict = "met" if value >= mpps else "MISSED"
-            budget = ("no memory budget" if e["memory_budget"] is None
-                      else f"{e['memory_budget'] >> 20} MiB budget")
             lines.append(f"classify >= {mpps:g} Mpps at batch 256 against {rules} rules "
-                         f"({e['rules']} here, {budget}, {e['layout']}): {value:.2f} Mpps, "
+                         f"({e['rules']} here): {value:.2f} Mpps, "
                          f"{verdict}")
         if e["name"] == "classify-update":
             verdict = "met" if e["median_us"] <= TARGET_UPDATE_US else "MISSED"
