@@ -15,7 +15,9 @@ reported.
 
 ``classify-update`` times adding and removing one prefix of one container
 (median and p99 over a few hundred of each) with 1k, 10k and 100k rules
-installed: the cost must not grow with the number of rules.
+installed: the cost must not grow with the number of rules. It also times adding
+and removing one rule (at a random priority), which the classifier does in
+place, without rebuilding its lists.
 
 Linux nftables and ipset set lookups are the other peers the issue names
 (``bench/nftables.py``, whose docstring says how they are built and
@@ -40,7 +42,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -188,12 +190,23 @@ def run_classify(settings: ClassifySettings, workloads: Sequence[str],
                 store.remove_prefix(name, prefix)
                 removes.append(time.perf_counter() - began)
             both = adds + removes
+            # Rule changes too: one rule added and removed again (incremental, no rebuild).
+            extra = make_rules(settings.updates, settings.containers, seed=count + 1)[:-1]
+            rule_changes = []
+            for n, new_rule in enumerate(extra):
+                moved = replace(new_rule, id=f"extra{n}",
+                                priority=int(rng.integers(0, 2**31 - 2)))
+                began = time.perf_counter()
+                rules.add(moved)
+                rules.remove(moved.id)
+                rule_changes.append((time.perf_counter() - began) / 2)
             entries.append({
                 "name": "classify-update", "rules": count, "updates": len(both),
                 "median_us": round(statistics.median(both) * 1e6, 1),
                 "add_median_us": round(statistics.median(adds) * 1e6, 1),
                 "remove_median_us": round(statistics.median(removes) * 1e6, 1),
                 "p99_us": round(float(np.percentile(both, 99)) * 1e6, 1),
+                "rule_change_median_us": round(statistics.median(rule_changes) * 1e6, 1),
                 "peers": {"nftables": None},
             })
             classifier.close()
@@ -318,10 +331,12 @@ def format_classify(entries: Sequence[dict[str, Any]]) -> list[str]:
     updates = [e for e in entries if e["name"] == "classify-update"]
     if updates:
         lines += ["", "classify-update: one prefix added to / removed from one container",
-                  f"{'rules':>8}{'median us':>11}{'add':>8}{'remove':>8}{'p99 us':>9}"]
+                  f"{'rules':>8}{'median us':>11}{'add':>8}{'remove':>8}{'p99 us':>9}"
+                  f"{'rule add/remove us':>20}"]
         for e in updates:
             lines.append(f"{e['rules']:>8}{e['median_us']:>11}{e['add_median_us']:>8}"
-                         f"{e['remove_median_us']:>8}{e['p99_us']:>9}")
+                         f"{e['remove_median_us']:>8}{e['p99_us']:>9}"
+                         f"{e['rule_change_median_us']:>20}")
     return lines
 
 

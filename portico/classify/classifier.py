@@ -252,6 +252,8 @@ class Classifier:
         self.store = store
         self.ruleset = rules
         self.rules: list[Rule] = []  # match order; ``classify`` answers indices into it
+        self._compiled: dict[str, Rule] = {}  # the same rules, by id
+        self._ranks_stale = False
         self.version = -1  # the RuleSet version compiled
         # Rule records, by slot.
         self.fields = np.zeros((64, FIELD_COUNT), dtype=np.int32)
@@ -283,7 +285,7 @@ class Classifier:
     def compile(self) -> None:
         """Bring the tables to the rule set as it is now (the rules it has and lacks)."""
         want = {rule.id: rule for rule in self.ruleset.ordered()}
-        have = {rule.id: rule for rule in self.rules}
+        have = self._compiled
         gone = {rule_id for rule_id, rule in have.items() if want.get(rule_id) != rule}
         new = {rule_id for rule_id, rule in want.items() if have.get(rule_id) != rule}
         self._apply(gone, new)
@@ -299,10 +301,9 @@ class Classifier:
         return True
 
     def _apply(self, gone: set[str] | frozenset[str], new: set[str] | frozenset[str]) -> None:
-        by_id = {rule.id: rule for rule in self.rules if rule.id in gone}
         for rule_id in gone:
-            if rule_id in self._slot:
-                self._remove_rule(by_id[rule_id])
+            if rule_id in self._compiled:
+                self._remove_rule(self._compiled[rule_id])
         added = [rule for rule_id in new if (rule := self.ruleset.get(rule_id)) is not None]
         for rule in added:
             self._add_rule(rule)
@@ -311,8 +312,9 @@ class Classifier:
         else:
             for rule in sorted(added, key=lambda rule: rule.order_key):
                 self._place(rule)
-        # Ranks are positions in match order: renumber them all (one vector write).
-        self.fields[self._slot_order, RANK] = np.arange(len(self._slot_order), dtype=np.int32)
+        # Ranks are positions in match order; the next lookup renumbers them all (one
+        # vector write), so a burst of changes pays for it once.
+        self._ranks_stale = True
         for rule in added:
             self._anchor_rule(rule)
         self.version = self.ruleset.version
@@ -346,6 +348,7 @@ class Classifier:
             self._free_slots = list(range(2 * grown - 1, grown - 1, -1))
         slot = self._free_slots.pop()
         self._slot[rule.id] = slot
+        self._compiled[rule.id] = rule
         self._order_of[slot] = -1  # not placed yet
         literals = [self.store.add_literal(m.prefix) for m in (rule.src, rule.dst)
                     if m.prefix is not None]
@@ -390,6 +393,7 @@ class Classifier:
 
     def _remove_rule(self, rule: Rule) -> None:
         slot = self._slot.pop(rule.id)
+        del self._compiled[rule.id]
         for lst in self._anchor.pop(rule.id):
             first, length = self.lists[lst, L_OFFSET], self.lists[lst, L_LENGTH]
             entries = self.pool[first : first + length]
@@ -539,6 +543,10 @@ class Classifier:
     def classify(self, batch: Batch, rows: np.ndarray | None = None) -> np.ndarray:
         """Index into ``self.rules`` of the first rule matching each row (-1: none)."""
         self.sync()
+        if self._ranks_stale:
+            self.fields[self._slot_order, RANK] = np.arange(len(self._slot_order),
+                                                            dtype=np.int32)
+            self._ranks_stale = False
         if rows is None:
             rows = np.arange(batch.count, dtype=np.int64)
         rows = np.asarray(rows, dtype=np.int64)
