@@ -20,6 +20,11 @@ for IPv4, ``src6_hi``/``src6_lo`` (and ``dst6_…``) as two 64-bit halves for IP
 scalar columns rather than a (2,) sub-array because a kernel writes a scalar
 field directly but builds a view for every sub-array access.
 
+``tenant``, ``segment``, ``attachment`` and ``out_attachment`` are not read
+from the packet: the ingress stage fills the first three from where the frame
+came in, and the stage that picks the egress (switch, route) sets the last
+(``portico.datapath.topology`` numbers segments and attachments).
+
 ``drop`` holds a drop reason (0 = not dropped); the reasons are declared by the
 stage that sets them (``portico.datapath.stages.parse.ParseDrop`` for parsing) and
 named through ``portico.drops``.
@@ -47,6 +52,9 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("port", "i4", "ingress port"),
     ("out_port", "i4", "egress port, -1 for none yet"),
     ("tenant", "i4", "tenant id, -1 for none yet"),
+    ("segment", "i4", "L2 segment entered (portico.datapath.topology), -1 for none yet"),
+    ("attachment", "i4", "topology attachment entered by (port and VLAN, or VNI), -1 none yet"),
+    ("out_attachment", "i4", "topology attachment to leave by, -1 for none yet"),
     ("drop", "u1", "drop reason code, 0 = not dropped"),
     ("trace", "u1", "1 = record every stage's decision for this packet"),
     ("vlan_count", "u1", "VLAN tags seen (0, 1, 2 for QinQ)"),
@@ -101,6 +109,9 @@ _RESET = np.zeros(1, dtype=META_DTYPE)
 for _name in (
     "out_port",
     "tenant",
+    "segment",
+    "attachment",
+    "out_attachment",
     "l2",
     "l3",
     "l4",

@@ -1,9 +1,20 @@
 """Drop reasons: each stage declares its own, this registry names and counts them.
 
 A stage declares its reasons as an ``IntEnum`` at the top of its file, with codes
-in a range of its own (parse owns 1..63), and registers it here. The codes are
-fixed in the declaration, not handed out at import, because Numba kernels
-compile them in as constants and cache the machine code on disk.
+in a range of its own, and registers it here. The codes are fixed in the
+declaration, not handed out at import, because Numba kernels compile them in as
+constants and cache the machine code on disk. The ranges taken so far:
+
+========  ==========================================================
+1..63     parse (``datapath/stages/parse.py``; "inner-" reasons at +32)
+64..79    actions (``datapath/actions.py``)
+80..95    NAT (``datapath/nat.py``)
+96..103   ingress (``datapath/stages/ingress.py``)
+104..111  switch (``datapath/stages/switch.py``)
+112..119  output (``datapath/stages/output.py``)
+120..127  spare, next to the L2 stages
+240..255  tests' toy stages
+========  ==========================================================
 
 ``drop`` is a ``uint8`` column: 0 means "not dropped", so a reason is never 0.
 """

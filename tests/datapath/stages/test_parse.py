@@ -36,7 +36,8 @@ from portico.packet.layers import Layer, layer_names
 from portico.packet.summary import summarize
 
 # Every column parse owns; the port's columns and the hash (a kernel detail) are not compared.
-NOT_PARSE = {"start", "length", "wire_length", "timestamp", "port", "out_port", "tenant", "trace"}
+NOT_PARSE = {"start", "length", "wire_length", "timestamp", "port", "out_port", "tenant", "trace",
+             "segment", "attachment", "out_attachment"}
 COMPARED = [name for name, _, _ in COLUMNS if name not in NOT_PARSE | {"flow_hash"}]
 
 
