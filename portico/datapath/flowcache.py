@@ -363,10 +363,16 @@ def _same_key(x, w0, w1, w2, w3, w4, w5, w6):  # type: ignore[no-untyped-def]
 
 @njit(cache=True, inline="always")
 def _find(sig, entries, base, s, w0, w1, w2, w3, w4, w5, w6):  # type: ignore[no-untyped-def]
-    for e in range(base, base + WAYS):
+    """The slot of the bucket at ``base`` holding the key, or -1."""
+    # Every slot is looked at (downwards, so the lowest match wins), with no return or
+    # break inside the loop: leaving it early makes Numba keep a reference-count pair
+    # on sig and entries around every call of this inlined helper (see lookup4 in
+    # portico/classify/lpm4.py).
+    found = -1
+    for e in range(base + WAYS - 1, base - 1, -1):
         if sig[e] == s and _same_key(entries[e], w0, w1, w2, w3, w4, w5, w6):
-            return e
-    return -1
+            found = e
+    return found
 
 
 @njit(cache=True, inline="always")
@@ -380,10 +386,8 @@ def _staleness(x, now, gen, idle):  # type: ignore[no-untyped-def]
 
 @njit(cache=True, inline="always")
 def _count_freed(ctl, why):  # type: ignore[no-untyped-def]
-    if why == _OLD:
-        ctl[_INVALIDATIONS] += 1
-    else:
-        ctl[_EXPIRATIONS] += 1
+    # One store at a chosen index, not one store per branch: see _find.
+    ctl[_INVALIDATIONS if why == _OLD else _EXPIRATIONS] += 1
 
 
 @njit(cache=True)

@@ -342,7 +342,7 @@ def _hash(k0, k1, seed):  # type: ignore[no-untyped-def]
     return np.int64(h >> np.uint64(1))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _slot(ht, t, k0, k1, seed):  # type: ignore[no-untyped-def]
     """The slot holding (k0, k1) in table t, or the empty slot where it would go."""
     mask = ht.shape[1] - 1
@@ -398,23 +398,40 @@ def _pclass(proto):  # type: ignore[no-untyped-def]
 
 
 # ------------------------------------------------------------------ bindings
-@njit(cache=True)
-def _timeout(b, i, ctl):  # type: ignore[no-untyped-def]
-    proto = b[i, B_PROTO]
+# The helpers a batch kernel runs for every row read each array they are given on
+# every path (b's row 0 stands in where there is no binding) and count through one
+# store at a chosen index: an inlined helper that touches an array on one branch
+# only makes Numba keep a reference-count increment and decrement around every
+# call (see lookup4 in portico/classify/lpm4.py). Freeing, which needs five more
+# arrays, stays out of them: the kernel calls ``_free`` itself.
+@njit(cache=True, inline="always")
+def _timeout(proto, flags, ctl):  # type: ignore[no-untyped-def]
+    """The idle timeout of an unheld binding of ``proto`` with ``flags``."""
     if proto == 6:
-        return ctl[C_TO_TCP_EST] if b[i, B_FLAGS] & F_ESTABLISHED else ctl[C_TO_TCP_TRANS]
-    if proto == 1:
-        return ctl[C_TO_ICMP]
-    return ctl[C_TO_UDP]
+        k = C_TO_TCP_EST if flags & F_ESTABLISHED else C_TO_TCP_TRANS
+    elif proto == 1:
+        k = C_TO_ICMP
+    else:
+        k = C_TO_UDP
+    return ctl[k]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _expired(b, i, now, ctl):  # type: ignore[no-untyped-def]
-    return (
-        b[i, B_FLAGS] & F_STATIC == 0
-        and b[i, B_REFS] <= 0
-        and now >= b[i, B_LAST] + _timeout(b, i, ctl)
-    )
+    flags = b[i, B_FLAGS]
+    refs = b[i, B_REFS]
+    last = b[i, B_LAST]
+    timeout = _timeout(b[i, B_PROTO], flags, ctl)
+    return flags & F_STATIC == 0 and refs <= 0 and now >= last + timeout
+
+
+@njit(cache=True, inline="always")
+def _probe(t, k0, k1, now, b, ht, ctl):  # type: ignore[no-untyped-def]
+    """(the binding under key (k0, k1) of table t or -1, whether it has expired);
+    an expired binding is the caller's to free (``_find`` does)."""
+    v = ht[t, _slot(ht, t, k0, k1, ctl[C_SEED]), 2]
+    expired = _expired(b, max(v, 0), now, ctl)
+    return v, v >= 0 and expired
 
 
 @njit(cache=True)
@@ -455,8 +472,8 @@ def _sweep(now, b, pairs, ht, free, addrs, ctl):  # type: ignore[no-untyped-def]
 @njit(cache=True)
 def _find(t, k0, k1, now, b, pairs, ht, free, addrs, ctl):  # type: ignore[no-untyped-def]
     """The live binding under key (k0, k1) of table t, or -1; an expired one is freed."""
-    v = ht[t, _slot(ht, t, k0, k1, ctl[C_SEED]), 2]
-    if v >= 0 and _expired(b, v, now, ctl):
+    v, expired = _probe(t, k0, k1, now, b, ht, ctl)
+    if expired:
         _free(v, b, pairs, ht, free, addrs, ctl)
         ctl[K_EXPIRED] += 1
         v = -1
@@ -596,8 +613,11 @@ def _out_kernel(meta, rows, now, out, reasons, b, pairs, ht, free, pools, addrs,
         iport = np.int64(m.sport)
         v = -1
         if tenant >= 0:
-            v = _find(T_FWD, _fwd_key(tenant, proto, iport), iaddr, now,
-                      b, pairs, ht, free, addrs, ctl)
+            v, expired = _probe(T_FWD, _fwd_key(tenant, proto, iport), iaddr, now, b, ht, ctl)
+            if expired:  # freed here, not in _probe: see above _timeout
+                _free(v, b, pairs, ht, free, addrs, ctl)
+                ctl[K_EXPIRED] += 1
+                v = -1
         if v >= 0:
             b[v, B_LAST] = max(b[v, B_LAST], now)
             ctl[K_OUT_HITS] += 1
@@ -629,8 +649,12 @@ def _in_kernel(meta, rows, now, hairpin, out, reasons, b, pairs, ht, free, addrs
             if not hairpin:
                 ctl[K_UNTRANSLATABLE] += 1
             continue
-        v = _find(T_REV, _rev_key(proto, np.int64(m.dport)), np.int64(m.dst4), now,
-                  b, pairs, ht, free, addrs, ctl)
+        v, expired = _probe(T_REV, _rev_key(proto, np.int64(m.dport)), np.int64(m.dst4), now,
+                            b, ht, ctl)
+        if expired:  # freed here, not in _probe: see above _timeout
+            _free(v, b, pairs, ht, free, addrs, ctl)
+            ctl[K_EXPIRED] += 1
+            v = -1
         out[k] = v
         if v < 0:
             reasons[k] = R_NO_BINDING

@@ -480,11 +480,13 @@ def parse_l4(data, i, l4, ip_end, proto):  # type: ignore[no-untyped-def]
             return D_TRUNC_ICMP, 0, 0, 0, 0, 0, l4, NONE, bits
         kind = data[i, l4]
         code = data[i, l4 + 1]
-        ident = 0
-        if (layer == L_ICMP and (kind == 0 or kind == 8)) or (
+        # Read whatever the type, then kept for echo only: reading it under the test
+        # would cost a reference-count pair per packet (see lookup4 in classify/lpm4.py).
+        ident = be16(data, i, l4 + ICMP_IDENT)
+        if not ((layer == L_ICMP and (kind == 0 or kind == 8)) or (
             layer == L_ICMPV6 and (kind == 128 or kind == 129)
-        ):
-            ident = be16(data, i, l4 + ICMP_IDENT)
+        )):
+            ident = 0
         return 0, ident, ident, 0, kind, code, l4 + ICMP_LEN, NONE, bits
     if layer == L_GRE:
         bits = 1 << L_GRE
