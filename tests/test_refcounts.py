@@ -26,7 +26,6 @@ Numba's pruning pass to pair them).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 import numba
@@ -34,7 +33,6 @@ import numpy as np
 import pytest
 from numba import njit
 
-from portico.batch import Batch
 from portico.classify.lpm4 import LPM4
 from portico.classify.lpm4 import _lookup_batch as lookup4_batch
 from portico.classify.lpm6 import LPM6
@@ -172,84 +170,6 @@ def test_the_checker_finds_refcounts_in_a_loop() -> None:
 
 
 # ---------------------------------------------------------------- the hit-path kernels
-def _batch() -> Batch:
-    spec = TrafficSpec(packets=64, flows=8, seed=1, mix={"tcp": 0.4, "udp": 0.4, "icmp": 0.2},
-                       ipv6_share=0.25)
-    return next(generate(spec, batch_size=64))
-
-
-def _kernels() -> dict[str, Callable[[], tuple[Any, tuple[Any, ...]]]]:
-    rows = np.arange(8, dtype=np.int64)
-    now = np.int64(1)
-
-    def cache() -> FlowCache:
-        return FlowCache(64, seed=1)
-
-    def nat_arrays() -> tuple[np.ndarray, ...]:
-        t = nat.NatTable([nat.Pool(tenant=0, addresses=["203.0.113.1"])], capacity=64, seed=1)
-        return t._b, t._pairs, t._ht, t._free, t._pools, t._addrs, t._tpool, t._ctl
-
-    def nat_out() -> tuple[Any, tuple[Any, ...]]:
-        b, pairs, ht, free, pools, addrs, tpool, ctl = nat_arrays()
-        out, why = np.empty(8, np.int64), np.empty(8, np.int64)
-        return nat._out_kernel, (_batch().meta, rows, now, out, why, b, pairs, ht, free, pools,
-                                 addrs, tpool, ctl)
-
-    def nat_in() -> tuple[Any, tuple[Any, ...]]:
-        b, pairs, ht, free, _, addrs, _, ctl = nat_arrays()
-        out, why = np.empty(8, np.int64), np.empty(8, np.int64)
-        return nat._in_kernel, (_batch().meta, rows, now, False, out, why, b, pairs, ht, free,
-                                addrs, ctl)
-
-    def nat_release() -> tuple[Any, tuple[Any, ...]]:
-        b, pairs, ht, free, _, addrs, _, ctl = nat_arrays()
-        return nat._release_kernel, (rows, now, b, pairs, ht, free, addrs, ctl)
-
-    def track() -> tuple[Any, tuple[Any, ...]]:
-        u8 = np.zeros(8, np.uint8)
-        return conntrack.track, (u8, np.zeros(8, np.int64), np.arange(8, dtype=np.intp), u8, u8,
-                                 u8, u8, np.zeros(8, np.int64), conntrack.DEFAULT_TIMEOUTS)
-
-    def split_hits() -> tuple[Any, tuple[Any, ...]]:
-        c = cache()
-        n = np.zeros(8, np.int64)
-        return datapath._split_hits, (n, n, c.entries["action"], n, n, n, 0)
-
-    def lookup6() -> tuple[Any, tuple[Any, ...]]:
-        lpm = LPM6()
-        hi = np.zeros(8, np.uint64)
-        return lookup6_batch, (lpm.root, lpm.nodes, hi, hi, np.zeros(8, np.uint32))
-
-    def lookup4() -> tuple[Any, tuple[Any, ...]]:
-        lpm = LPM4()
-        return lookup4_batch, (lpm.tbl24, lpm.tbl8, np.zeros(8, np.uint32),
-                               np.zeros(8, np.uint32))
-
-    return {
-        "parse": lambda: (parse_rows, (_batch().data, _batch().meta, 64, True)),
-        "triage": lambda: (datapath._triage, (_batch().meta, 64, rows, rows)),
-        "flowcache lookup": lambda: (flowcache._lookup, (_batch().meta, rows, now, cache().sig,
-                                                         cache().entries, cache()._ctl)),
-        "flowcache insert": lambda: (flowcache._insert, (
-            _batch().meta, rows, np.zeros(8, np.int32), np.zeros((8, MAX_TAGS), np.uint32), now,
-            cache().sig, cache().entries, cache()._ctl)),
-        "flowcache expire": lambda: (flowcache._expire, (now, cache().sig, cache().entries,
-                                                         cache()._ctl)),
-        "split hits": split_hits,
-        "apply": lambda: (apply_kernel, (_batch().data, _batch().meta, rows, rows,
-                                         ActionTable().records, 8)),
-        "ipv4 checksums": lambda: (ipv4_header_checksums, (_batch().data, _batch().meta, 64)),
-        "l4 checksums": lambda: (l4_checksums, (_batch().data, _batch().meta, 64)),
-        "conntrack track": track,
-        "nat out": nat_out,
-        "nat in": nat_in,
-        "nat release": nat_release,
-        "lpm4 lookup": lookup4,
-        "lpm6 lookup": lookup6,
-    }
-
-
-KERNELS = _kernels()
 RARE_CALLS = {  # what a kernel's loop may call, each on a path a hit does not take
     "parse": {"parse_tunnel"},  # tunnelled packets
     "nat out": {"_free", "_allocate"},  # an expired binding; a new one
@@ -258,9 +178,55 @@ RARE_CALLS = {  # what a kernel's loop may call, each on a path a hit does not t
 }
 
 
-@pytest.mark.parametrize("name", list(KERNELS))
-def test_no_reference_counting_inside_the_loops(name: str) -> None:
-    kernel, args = KERNELS[name]()
+@pytest.fixture(scope="module")
+def kernels() -> dict[str, tuple[Any, tuple[Any, ...]]]:
+    """Each kernel with arguments of the types the datapath passes it. Only the types
+    matter (the kernels are compiled, not run), so arrays of one type are shared."""
+    spec = TrafficSpec(packets=64, flows=8, seed=1, mix={"tcp": 0.4, "udp": 0.4, "icmp": 0.2},
+                       ipv6_share=0.25)
+    batch = next(generate(spec, batch_size=64))
+    data, meta = batch.data, batch.meta
+    rows = np.arange(8, dtype=np.int64)  # also: any int64 column
+    now = np.int64(1)
+    u8, u32, u64 = np.zeros(8, np.uint8), np.zeros(8, np.uint32), np.zeros(8, np.uint64)
+    cache = FlowCache(64, seed=1)
+    table = cache.sig, cache.entries, cache._ctl
+    nt = nat.NatTable([nat.Pool(tenant=0, addresses=["203.0.113.1"])], capacity=64, seed=1)
+    b, pairs, ht, free, addrs, ctl = nt._b, nt._pairs, nt._ht, nt._free, nt._addrs, nt._ctl
+    v4, v6 = LPM4(), LPM6()
+    return {
+        "parse": (parse_rows, (data, meta, 64, True)),
+        "triage": (datapath._triage, (meta, 64, rows, rows)),
+        "flowcache lookup": (flowcache._lookup, (meta, rows, now, *table)),
+        "flowcache insert": (flowcache._insert, (meta, rows, np.zeros(8, np.int32),
+                                                 np.zeros((8, MAX_TAGS), np.uint32), now, *table)),
+        "flowcache expire": (flowcache._expire, (now, *table)),
+        "split hits": (datapath._split_hits, (rows, rows, cache.entries["action"], rows, rows,
+                                              rows, 0)),
+        "apply": (apply_kernel, (data, meta, rows, rows, ActionTable().records, 8)),
+        "ipv4 checksums": (ipv4_header_checksums, (data, meta, 64)),
+        "l4 checksums": (l4_checksums, (data, meta, 64)),
+        "conntrack track": (conntrack.track, (u8, rows, np.arange(8, dtype=np.intp), u8, u8, u8,
+                                              u8, rows, conntrack.DEFAULT_TIMEOUTS)),
+        "nat out": (nat._out_kernel, (meta, rows, now, rows, rows, b, pairs, ht, free, nt._pools,
+                                      addrs, nt._tpool, ctl)),
+        "nat in": (nat._in_kernel, (meta, rows, now, False, rows, rows, b, pairs, ht, free, addrs,
+                                    ctl)),
+        "nat release": (nat._release_kernel, (rows, now, b, pairs, ht, free, addrs, ctl)),
+        "lpm4 lookup": (lookup4_batch, (v4.tbl24, v4.tbl8, u32, u32)),
+        "lpm6 lookup": (lookup6_batch, (v6.root, v6.nodes, u64, u64, u32)),
+    }
+
+
+@pytest.mark.parametrize("name", [
+    "parse", "triage", "flowcache lookup", "flowcache insert", "flowcache expire", "split hits",
+    "apply", "ipv4 checksums", "l4 checksums", "conntrack track", "nat out", "nat in",
+    "nat release", "lpm4 lookup", "lpm6 lookup",
+])
+def test_no_reference_counting_inside_the_loops(
+    name: str, kernels: dict[str, tuple[Any, tuple[Any, ...]]]
+) -> None:
+    kernel, args = kernels[name]
     refops, calls = in_loops(kernel, args)
     assert refops == []
     assert calls <= RARE_CALLS.get(name, set())

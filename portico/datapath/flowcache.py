@@ -386,7 +386,7 @@ def _staleness(x, now, gen, idle):  # type: ignore[no-untyped-def]
 
 @njit(cache=True, inline="always")
 def _count_freed(ctl, why):  # type: ignore[no-untyped-def]
-    # One store at a chosen index, not one store per branch: see _find.
+    # One store at a chosen index, not a store on each branch (see _find).
     ctl[_INVALIDATIONS if why == _OLD else _EXPIRATIONS] += 1
 
 

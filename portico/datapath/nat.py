@@ -398,12 +398,13 @@ def _pclass(proto):  # type: ignore[no-untyped-def]
 
 
 # ------------------------------------------------------------------ bindings
-# The helpers a batch kernel runs for every row read each array they are given on
-# every path (b's row 0 stands in where there is no binding) and count through one
-# store at a chosen index: an inlined helper that touches an array on one branch
-# only makes Numba keep a reference-count increment and decrement around every
-# call (see lookup4 in portico/classify/lpm4.py). Freeing, which needs five more
-# arrays, stays out of them: the kernel calls ``_free`` itself.
+# The helpers the batch kernels run for every row (_slot, _timeout, _expired, _probe)
+# are inlined and read each array they are given on every path: one read at a chosen
+# index where branches differ, b's row 0 where there is no binding. A helper that
+# touches an array on one branch only, or is not inlined, makes Numba keep a
+# reference-count increment and decrement around every call (see lookup4 in
+# portico/classify/lpm4.py). Freeing, which needs three more arrays, stays out of
+# them: the kernels call ``_free`` themselves, for the rare expired binding.
 @njit(cache=True, inline="always")
 def _timeout(proto, flags, ctl):  # type: ignore[no-untyped-def]
     """The idle timeout of an unheld binding of ``proto`` with ``flags``."""
