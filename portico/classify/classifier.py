@@ -146,7 +146,8 @@ def classify_kernel(meta, rows_in, count, fields, pool, lists, class_keys,  # ty
             values[k, 3] = (np.int64(m.icmp_type) << 8) | np.int64(m.icmp_code)
         else:
             values[k, 3] = NOT_ICMP
-    # Pass 2: the lists each packet walks, from its classes' key rows; their spans.
+    # Pass 2: the lists each packet walks, from its classes' key rows. ``spans[k, w, 0]``
+    # holds the list id until the loop after this one replaces it by the list's span.
     for k in range(count):
         if k + AHEAD < count and classes[k + AHEAD, 0] >= 0:
             prefetch(class_keys, classes[k + AHEAD, 0])
@@ -518,8 +519,8 @@ class Classifier:
                if key in self._key_id]
         rows, width = self.class_keys.shape
         if class_id >= rows or len(ids) > width:
-            grown = np.full((max(rows, 2 * class_id + 2) if class_id >= rows else rows,
-                             max(width, len(ids))), -1, dtype=np.int32)
+            need_rows = rows if class_id < rows else 2 * class_id + 2  # doubling growth
+            grown = np.full((need_rows, max(width, len(ids))), -1, dtype=np.int32)
             grown[:rows, :width] = self.class_keys
             self.class_keys = grown
         row = self.class_keys[class_id]
