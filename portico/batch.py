@@ -65,6 +65,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("l4", "i4", "transport header offset (after IPv6 extension headers)"),
     ("payload", "i4", "offset of what follows the last decoded header"),
     ("ethertype", "u2", "ethertype after any VLAN tags"),
+    ("eth_dst", "u8", "destination MAC of the (outer) frame, 48 bits; 0 when too short"),
     ("vlan_outer", "u2", "VID of the first tag (S-tag with QinQ)"),
     ("vlan_inner", "u2", "VID of the second tag (C-tag with QinQ)"),
     ("protocol", "u1", "IP protocol / IPv6 next header of the transport"),

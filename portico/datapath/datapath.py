@@ -32,6 +32,9 @@ refused by its entry from then on, with the same reason counted.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 import numpy as np
 from numba import njit
 
@@ -39,7 +42,9 @@ from portico.batch import Batch
 from portico.datapath.actions import Action, ActionTable, Op, apply
 from portico.datapath.flowcache import FlowCache
 from portico.datapath.pipeline import Decisions, Pipeline
+from portico.datapath.stages.ingress import classify
 from portico.datapath.stages.parse import parse
+from portico.datapath.topology import Topology
 from portico.packet.tcp import FIN, RST, SYN
 
 ICMP_ERRORS = np.zeros(256, dtype=np.bool_)
@@ -47,6 +52,13 @@ ICMP_ERRORS[[3, 5, 11, 12]] = True  # ICMPv4: unreachable, redirect, time exceed
 ICMPV6_ERRORS = np.zeros(256, dtype=np.bool_)
 ICMPV6_ERRORS[[1, 2, 3, 4]] = True  # ICMPv6: unreachable, too big, time exceeded, parameter
 CONTROL_FLAGS = SYN | FIN | RST
+
+
+class TagSource(Protocol):
+    """State the stages change as packets pass (learned MACs, neighbours): the
+    dependency tags whose cached decisions the changes since the last call undo."""
+
+    def take_changed_tags(self) -> np.ndarray: ...
 
 
 @njit(cache=True, inline="always")
@@ -101,16 +113,32 @@ class Datapath:
     """A pipeline with a flow cache in front (``cache=None``: every packet runs the stages)."""
 
     def __init__(self, pipeline: Pipeline, *, cache: FlowCache | None,
-                 actions: ActionTable | None = None) -> None:
+                 actions: ActionTable | None = None, topology: Topology | None = None,
+                 tag_sources: Sequence[TagSource] = ()) -> None:
         self.pipeline = pipeline
         self.cache = cache
         self.actions = actions if actions is not None else ActionTable()
+        self.topology = topology
+        self.tag_sources = tuple(tag_sources)
         self.counters = {"packets": 0, "hits": 0, "misses": 0, "forced": 0, "uncacheable": 0}
         self._decided: Decisions | None = None
 
     def process(self, batch: Batch, now: int) -> None:
-        """Parse, look up, run the stages for the misses, synthesize, apply: one batch."""
+        """Parse, classify, look up, run the stages for the misses, synthesize, apply."""
+        self._process(batch, now)
+        if self.cache is not None:
+            # What the stages learned (a MAC moved, a neighbour resolved) reaches the
+            # cache between batches: entries resting on the old state go.
+            for source in self.tag_sources:
+                changed = source.take_changed_tags()
+                if len(changed):
+                    self.cache.invalidate_tags(changed)
+
+    def _process(self, batch: Batch, now: int) -> None:
         parse(batch)
+        if self.topology is not None:
+            # The flow key holds the tenant: it must be known before the lookup.
+            classify(batch, self.topology)
         count = batch.count
         meta = batch.meta
         self.counters["packets"] += count

@@ -17,17 +17,21 @@ A flow is what the stages could tell apart, taken from the parsed metadata
 different flow, because its actions differ (NAT rewrites the other address,
 output goes the other way). Seven ``uint64`` words, ``KEY_WORDS``::
 
-    w0  tenant (32) | ingress port (32)
+    w0  destination MAC (48) | ingress port (16)
     w1  tunnel id (32) | outer VLAN (16) | IP version (8) | IP protocol (8)
-    w2  sport (16) | dport (16) | ICMP type (8, ICMP and ICMPv6 only) | 0 (24)
+    w2  sport (16) | dport (16) | ICMP type (8, ICMP and ICMPv6 only) | tenant (24)
     w3  source high 64 bits      (IPv6; 0 for IPv4)
     w4  source low 64 bits       (IPv6; the IPv4 source for IPv4)
     w5  destination high 64 bits (IPv6; 0 for IPv4)
     w6  destination low 64 bits  (IPv6; the IPv4 destination for IPv4)
 
-Every field keeps its full width, so two keys are equal exactly when all the
-fields are. The tenant and the port are both in: tenants reuse addresses, and a
-tenant's packets from two ports can be routed differently. ICMP echo needs no
+Every field keeps its full width (ports are 0..65535 and tenants 1..65535 in
+the config; the -1 of "none yet" keeps distinct low bits), so two keys are
+equal exactly when all the fields are. The tenant and the port are both in:
+tenants reuse addresses, and a tenant's packets from two ports can be routed
+differently. The destination MAC is in because it is what the L2 switch
+decides on, and whether a frame is routed at all (addressed to the router's
+MAC) or bridged. ICMP echo needs no
 field of its own: parse puts the identifier in ``sport``/``dport``. Non-IP
 packets (ARP, ND) and whatever else must see the stages (TCP SYN/FIN/RST, ICMP
 errors) are the caller's to keep out of the cache: it passes only the rows it
@@ -223,6 +227,8 @@ class TagKind(IntEnum):
     NEIGHBOUR = 4
     PORT = 5
     OVERLAY = 6
+    MAC = 7  # a learned MAC address (portico.datapath.mactable)
+    CONNECTION = 8  # a tracked connection (the firewall's)
 
 
 def tag(kind: TagKind | int, ident: int) -> int:
@@ -268,6 +274,8 @@ U29 = np.uint64(29)
 U32 = np.uint64(32)
 U33 = np.uint64(33)
 U48 = np.uint64(48)
+LOW16 = np.uint64(0xFFFF)
+LOW24 = np.uint64(0xFFFFFF)
 ONE32 = np.uint32(1)
 IP_ICMP = 1
 IP_ICMPV6 = 58
@@ -293,14 +301,15 @@ def _round(lane, w):  # type: ignore[no-untyped-def]
 def _key(meta, r):  # type: ignore[no-untyped-def]
     """The seven key words of row ``r`` (see Key)."""
     m = meta[r]
-    w0 = (np.uint64(np.uint32(m.tenant)) << U32) | np.uint64(np.uint32(m.port))
+    w0 = (np.uint64(m.eth_dst) << U16) | (np.uint64(np.uint32(m.port)) & LOW16)
     w1 = (
         (np.uint64(m.tunnel_id) << U32)
         | (np.uint64(m.vlan_outer) << U16)
         | (np.uint64(m.ip_version) << U8)
         | np.uint64(m.protocol)
     )
-    w2 = (np.uint64(m.sport) << U48) | (np.uint64(m.dport) << U32)
+    w2 = ((np.uint64(m.sport) << U48) | (np.uint64(m.dport) << U32)
+          | (np.uint64(np.uint32(m.tenant)) & LOW24))
     if m.protocol == IP_ICMP or m.protocol == IP_ICMPV6:  # noqa: SIM109 (kept plain for Numba)
         w2 |= np.uint64(m.icmp_type) << U24
     if m.ip_version == 6:

@@ -88,10 +88,7 @@ from portico.datapath.topology import MAC_BITS, NO_ATTACHMENT, Topology
 WAYS = 8
 DEFAULT_CAPACITY = 1024  # slots per segment: ~24 KiB
 GROUP_BIT = 1 << 40  # the I/G bit of the first octet: multicast and broadcast
-# The MAC tags' namespace. A kind of its own (TagKind.MAC) is wanted in flowcache;
-# until it exists NEIGHBOUR stands in, which can only over-invalidate (a neighbour
-# change dropping a MAC-tagged flow too), never miss one.
-TAG_KIND = TagKind.NEIGHBOUR
+TAG_KIND = TagKind.MAC  # the MAC tags' namespace
 TAG_BASE = int(TAG_KIND) << 28
 UNKNOWN = 1 << 27  # tag idents: a slot is 0..UNKNOWN-1, "unknown in segment s" UNKNOWN + s
 

@@ -98,6 +98,11 @@ def _empty(start: int) -> dict[str, int]:
     return row
 
 
+def _eth_dst(buf: bytes) -> int:
+    """The frame's destination MAC: its first six bytes, when it has them."""
+    return int.from_bytes(buf[:6], "big") if len(buf) >= 6 else 0
+
+
 class _Walker:
     """Walks one packet, filling ``row``; a drop raises ``_Drop`` to the top."""
 
@@ -386,6 +391,7 @@ def summarize(
     """
     buf = bytes(start) + packet
     row = _empty(start)
+    row["eth_dst"] = _eth_dst(packet)
     walker = _Walker(buf, row, non_first_fragments == "drop")
     try:
         walker.outer(start, len(buf))

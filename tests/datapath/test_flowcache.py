@@ -495,6 +495,7 @@ def test_ipv6_keys_from_parsed_packets() -> None:
     "field, value",
     [
         ("port", 1),
+        ("eth_dst", 0x020000000001),
         ("tenant", 1),
         ("vlan_outer", 7),
         ("tunnel_id", 42),

@@ -92,7 +92,7 @@ drops.register(
     },
 )
 
-NEXT_STAGES = ("classify",)  # what follows parse in a pipeline (the datapath issue wires it)
+NEXT_STAGES = ("ingress",)  # what follows parse: the datapath classifies every parsed row
 
 MAX_EXT_HEADERS = 8
 MAX_GTPU_EXT = 8
@@ -565,6 +565,11 @@ def parse_rows(data, meta, count, non_first_fragment_drops):  # type: ignore[no-
         m.inner_sport = 0
         m.inner_dport = 0
         m.flow_hash = 0
+        mac = np.uint64(0)
+        if end - start >= 6:
+            for b in range(6):
+                mac = (mac << np.uint64(8)) | np.uint64(data[i, start + b])
+        m.eth_dst = mac
 
         bits = 1 << L_ETHERNET
         drop, ethertype, at, tags, vid0, vid1 = parse_l2(data, i, start, end, 2)

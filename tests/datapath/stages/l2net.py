@@ -35,9 +35,8 @@ from portico.datapath.datapath import Datapath
 from portico.datapath.flowcache import FlowCache
 from portico.datapath.mactable import MacTable
 from portico.datapath.pipeline import Decisions, Pipeline
-from portico.datapath.stages.ingress import Ingress, classify
+from portico.datapath.stages.ingress import Ingress
 from portico.datapath.stages.output import Output
-from portico.datapath.stages.parse import parse
 from portico.datapath.stages.switch import L2Switch
 from portico.datapath.topology import Topology, compile_topology
 
@@ -125,7 +124,6 @@ class L2:
     macs: MacTable
     pipeline: Pipeline
     datapath: Datapath
-    classify_first: bool
 
     @property
     def cache(self) -> FlowCache | None:
@@ -135,14 +133,7 @@ class L2:
         """Frames as (ingress port, bytes) through the datapath; the batch as it leaves."""
         batch = Batch.from_packets([frame for _, frame in frames])
         batch.meta["port"][: len(frames)] = [port for port, _ in frames]
-        if self.classify_first:
-            # What the datapath should do itself: the cache keys on the tenant
-            # (see test_l2_datapath.py), so classify before looking flows up.
-            parse(batch)
-            classify(batch, self.topology)
         self.datapath.process(batch, now)
-        if self.cache is not None:  # the table's changes reach the cache between batches
-            self.cache.invalidate_tags(self.macs.take_changed_tags())
         return batch
 
     def counted(self, stage: str) -> dict[str, int]:
@@ -153,10 +144,11 @@ class L2:
         return self.topology.segment_of(tenant, switch)
 
 
-def make_l2(*, cached: bool = False, classify_first: bool = True, capacity: int = 64) -> L2:
+def make_l2(*, cached: bool = False, capacity: int = 64) -> L2:
     topology = compile_topology(parse_config(CONFIG), generation=1)
     macs = MacTable(topology, capacity=capacity, seed=7)
     pipeline = Pipeline([Ingress(topology), L2Switch(topology, macs), RouteStub(topology),
                          Output(topology)], entry="ingress")
     cache = FlowCache(1024, seed=5) if cached else None
-    return L2(topology, macs, pipeline, Datapath(pipeline, cache=cache), classify_first)
+    datapath = Datapath(pipeline, cache=cache, topology=topology, tag_sources=(macs,))
+    return L2(topology, macs, pipeline, datapath)

@@ -8,15 +8,9 @@ cached and an uncached datapath; both must send the same bytes to the same
 ports, and each frame must leave exactly as Scapy says it should: on the
 destination host's own port and VLAN in its own tenant, never the other's.
 
-Two ways the cache can still be wrong are pinned as strict xfails, so that
-they turn into failures the day they are fixed and the marks come off:
-
-* the flow key holds ``tenant``, which ingress writes on the miss path:
-  unless the datapath classifies before it looks flows up (``l2net.L2.run``
-  does, standing in for it), the key looked up (tenant -1) is never the key
-  inserted, and nothing ever hits;
-* the flow key holds no MAC address, so a 5-tuple whose destination MAC
-  changes keeps its first decision.
+Two ways the cache used to be wrong are pinned: the datapath classifies
+before it looks flows up (the flow key holds the tenant), and a 5-tuple whose
+destination MAC changes is decided again (the key holds the destination MAC).
 """
 
 from __future__ import annotations
@@ -25,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import pytest
 from l2net import (
     ACCESS,
     EDGE,
@@ -221,17 +214,13 @@ def run_twice(net: L2, frame: tuple[int, bytes]) -> Batch:
     return net.run([frame], now=2)
 
 
-@pytest.mark.xfail(strict=True, reason="the flow key holds the tenant, which ingress writes "
-                   "after the lookup; the datapath must classify before it looks up")
 def test_the_cache_hits_when_the_datapath_runs_alone() -> None:
-    net = make_l2(cached=True, classify_first=False)
+    net = make_l2(cached=True)
     net.run(announcements(), now=1)
     run_twice(net, Flow(A2, "host", A1, UDP(sport=9, dport=9)).frame())
     assert net.datapath.counters["hits"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="the flow key holds no MAC address: a 5-tuple sent to "
-                   "another MAC keeps its cached decision")
 def test_a_flow_whose_destination_mac_changes_is_decided_again() -> None:
     outs = []
     for cached in (True, False):
