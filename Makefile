@@ -7,7 +7,6 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PORTICO := $(VENV)/bin/portico
 STAMP   := $(VENV)/.installed
-SAMPLE  := out/sample.pcapng
 
 .PHONY: run test bench lint typecheck system-deps clean
 
@@ -39,11 +38,14 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q ipset iptables >/dev/null; }
 	@{ command -v ipset && command -v iptables-legacy; } >/dev/null 2>&1 || { echo "ipset and iptables-legacy are required by the tests: install them (apt-get install ipset iptables)"; exit 1; }
 
-# The main job on the embedded default: generate a sample capture, parse it, summarize.
+# The main job on the embedded default: the two-tenant example gateway over generated
+# traffic (both tenants' flows to the Internet and back, inbound port forwarding, and
+# traffic that must be refused), then what left each port, per stage, and why.
 run: $(STAMP)
 	@mkdir -p out
-	$(PORTICO) gen $(SAMPLE) --packets 200000 --flows 10000 --sizes imix --ipv6 0.2 --vlans 4 --ports 2 --seed 1
-	$(PORTICO) parse $(SAMPLE)
+	$(PY) examples/two_tenants_traffic.py out/two-tenants.pcapng --flows 2000 --seed 1
+	$(PORTICO) run examples/two-tenants.yaml --in out/two-tenants.pcapng \
+	  --out out/two-tenants-out.pcapng --trace 2 --trace-filter dst=198.51.100.10,dport=8080
 
 test: $(STAMP) system-deps lint typecheck
 	$(PY) -m pytest -q

@@ -42,6 +42,7 @@ examples:
   portico gen traffic.pcapng --packets 100000 --flows 1000 --sizes imix
   portico parse traffic.pcapng
   portico parse traffic.pcapng --json | jq .drops
+  portico run examples/two-tenants.yaml --in traffic.pcapng --out out.pcapng --trace 3
   portico bench --quick
 
 exit codes: 0 ok, 1 the work failed (bad input file, I/O), 2 bad usage, 130 interrupted.
@@ -245,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_parse_arguments(parse_parser)
     parse_parser.set_defaults(handler=run_parse)
+
+    from portico import run as gateway_run
+
+    run_parser = sub.add_parser(
+        "run",
+        help="run a config's gateway over a capture; write what leaves each port",
+        description=gateway_run.HELP,
+        epilog=gateway_run.EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    gateway_run.add_arguments(run_parser)
+    run_parser.set_defaults(handler=gateway_run.run)
 
     bench_parser = sub.add_parser(
         "bench",

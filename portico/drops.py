@@ -12,7 +12,10 @@ constants and cache the machine code on disk. The ranges taken so far:
 96..103   ingress (``datapath/stages/ingress.py``)
 104..111  switch (``datapath/stages/switch.py``)
 112..119  output (``datapath/stages/output.py``)
-120..127  spare, next to the L2 stages
+120..127  replies (``datapath/replies.py``: answers built in place)
+128..135  route (``datapath/stages/route.py``)
+136..139  the datapath itself (``datapath/datapath.py``)
+140..147  firewall (``datapath/stages/firewall.py``)
 240..255  tests' toy stages
 ========  ==========================================================
 

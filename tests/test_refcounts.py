@@ -196,7 +196,7 @@ def kernels() -> dict[str, tuple[Any, tuple[Any, ...]]]:
     v4, v6 = LPM4(), LPM6()
     return {
         "parse": (parse_rows, (data, meta, 64, True)),
-        "triage": (datapath._triage, (meta, 64, rows, rows)),
+        "triage": (datapath._triage, (meta, 64, rows, rows, 1500)),
         "flowcache lookup": (flowcache._lookup, (meta, rows, now, *table)),
         "flowcache insert": (flowcache._insert, (meta, rows, np.zeros(8, np.int32),
                                                  np.zeros((8, MAX_TAGS), np.uint32), now, *table)),

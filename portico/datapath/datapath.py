@@ -33,12 +33,15 @@ refused by its entry from then on, with the same reason counted.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import IntEnum
 from typing import Protocol
 
 import numpy as np
 from numba import njit
 
+from portico import drops
 from portico.batch import Batch
+from portico.datapath import replies
 from portico.datapath.actions import Action, ActionTable, Op, apply
 from portico.datapath.flowcache import FlowCache
 from portico.datapath.pipeline import Decisions, Pipeline
@@ -54,6 +57,27 @@ ICMPV6_ERRORS[[1, 2, 3, 4]] = True  # ICMPv6: unreachable, too big, time exceede
 CONTROL_FLAGS = SYN | FIN | RST
 
 
+class DatapathDrop(IntEnum):
+    """Drops of the datapath itself (codes 136..139)."""
+
+    UNRESOLVED = 136  # held for a neighbour, but no one holds packets (no on_hold)
+
+
+drops.register("datapath", DatapathDrop)
+
+
+class HoldHandler(Protocol):
+    """Takes the rows a stage held for a neighbour (``decided.hold`` says which)."""
+
+    def __call__(self, batch: Batch, rows: np.ndarray, decided: Decisions) -> None: ...
+
+
+class HitHandler(Protocol):
+    """Told which cache entries just forwarded packets, to keep their state alive."""
+
+    def __call__(self, entries: np.ndarray, hit: np.ndarray, now: int) -> None: ...
+
+
 class TagSource(Protocol):
     """State the stages change as packets pass (learned MACs, neighbours): the
     dependency tags whose cached decisions the changes since the last call undo."""
@@ -62,9 +86,12 @@ class TagSource(Protocol):
 
 
 @njit(cache=True, inline="always")
-def _must_see_stages(m) -> bool:  # type: ignore[no-untyped-def]
-    """TCP SYN/FIN/RST, ICMP errors and non-IP packets run the stages whatever is cached."""
+def _must_see_stages(m, longest) -> bool:  # type: ignore[no-untyped-def]
+    """TCP SYN/FIN/RST, ICMP errors, non-IP packets, and packets a router must look at
+    itself (TTL about to expire, longer than ``longest``) run the stages whatever is cached."""
     if m.ip_version == 0:
+        return True
+    if m.ttl <= 1 or m.l3_length > longest:
         return True
     if m.protocol == 6:
         return (m.tcp_flags & CONTROL_FLAGS) != 0
@@ -76,7 +103,7 @@ def _must_see_stages(m) -> bool:  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _triage(meta, count, candidates, forced):  # type: ignore[no-untyped-def]
+def _triage(meta, count, candidates, forced, longest):  # type: ignore[no-untyped-def]
     """Sort the live rows into cache candidates and rows that must see the stages."""
     n_candidates = 0
     n_forced = 0
@@ -84,7 +111,7 @@ def _triage(meta, count, candidates, forced):  # type: ignore[no-untyped-def]
         m = meta[i]
         if m.drop != 0:
             continue
-        if _must_see_stages(m):
+        if _must_see_stages(m, longest):
             forced[n_forced] = i
             n_forced += 1
         else:
@@ -114,12 +141,16 @@ class Datapath:
 
     def __init__(self, pipeline: Pipeline, *, cache: FlowCache | None,
                  actions: ActionTable | None = None, topology: Topology | None = None,
-                 tag_sources: Sequence[TagSource] = ()) -> None:
+                 tag_sources: Sequence[TagSource] = (), min_mtu: int = 65535,
+                 on_hold: HoldHandler | None = None, on_hits: HitHandler | None = None) -> None:
         self.pipeline = pipeline
         self.cache = cache
         self.actions = actions if actions is not None else ActionTable()
         self.topology = topology
         self.tag_sources = tuple(tag_sources)
+        self.min_mtu = min_mtu
+        self.on_hold = on_hold
+        self.on_hits = on_hits
         self.counters = {"packets": 0, "hits": 0, "misses": 0, "forced": 0, "uncacheable": 0}
         self._decided: Decisions | None = None
 
@@ -147,10 +178,11 @@ class Datapath:
             self.counters["misses"] += len(miss_rows)
             if len(miss_rows):
                 apply(batch, miss_rows, self._stages(batch, miss_rows, now), self.actions)
+                self._answer_and_hold(batch, miss_rows)
             return
         candidates = np.empty(count, dtype=np.int64)
         misses = np.empty(count, dtype=np.int64)
-        n_candidates, n_forced = _triage(meta, count, candidates, misses)
+        n_candidates, n_forced = _triage(meta, count, candidates, misses, self.min_mtu)
         candidates = candidates[:n_candidates]
         entries = self.cache.lookup(meta, candidates, now)
         hit_rows = np.empty(n_candidates, dtype=np.int64)
@@ -160,11 +192,29 @@ class Datapath:
         self.counters["forced"] += n_forced
         self.counters["hits"] += n_hit
         self.counters["misses"] += n_miss
+        if n_hit and self.on_hits is not None:
+            self.on_hits(self.cache.entries, entries[entries >= 0], now)
         if n_miss:
             miss_rows = misses[:n_miss]
             apply(batch, miss_rows, self._stages(batch, miss_rows, now), self.actions)
+            self._answer_and_hold(batch, miss_rows)
         if n_hit:
             apply(batch, hit_rows[:n_hit], hit_ids[:n_hit], self.actions)
+
+    def _answer_and_hold(self, batch: Batch, rows: np.ndarray) -> None:
+        """The decisions that are not rewrites: answers built in place, packets held."""
+        decided = self._decided
+        assert decided is not None
+        live = batch.meta["drop"][rows] == 0
+        answered = rows[live & (decided.reply["kind"][rows] != 0)]
+        if len(answered):
+            replies.build(batch, answered, decided.reply)
+        held = rows[live & (decided.hold["version"][rows] != 0)]
+        if len(held):
+            if self.on_hold is None:
+                batch.meta["drop"][held] = int(DatapathDrop.UNRESOLVED)
+            else:
+                self.on_hold(batch, held, decided)
 
     def _stages(self, batch: Batch, rows: np.ndarray, now: int) -> np.ndarray:
         """Run the stages for ``rows``; synthesize and cache their decisions; the action ids."""
@@ -174,6 +224,10 @@ class Datapath:
         decided.reset(rows)
         self.pipeline.run(batch, rows, decided)
         pending = decided.actions[rows]
+        # Answers and held packets are not rewritten: they get the empty action.
+        aside = (decided.reply["kind"][rows] != 0) | (decided.hold["version"][rows] != 0)
+        pending[aside] = np.zeros(1, dtype=pending.dtype)[0]
+        pending["out_port"][aside] = -1
         dropped = batch.meta["drop"][rows]
         # A stage's drop is part of the decision: cache it as a drop with its reason.
         refused = dropped != 0
@@ -186,7 +240,13 @@ class Datapath:
             cacheable = ~decided.overflow[rows]
             self.counters["uncacheable"] += int((~cacheable).sum())
             keep = rows[cacheable]
-            self.cache.insert(batch.meta, keep, action_ids[cacheable], decided.tags[keep], now)
+            if len(keep):  # none (a batch of ARP, say): nothing to insert
+                made = self.cache.insert(batch.meta, keep, action_ids[cacheable],
+                                         decided.tags[keep], now)
+                ok = made >= 0
+                entries = self.cache.entries
+                entries["nat_binding"][made[ok]] = decided.binding[keep[ok]]
+                entries["conn"][made[ok]] = decided.conn[keep[ok]]
         # The stages' drops are already on the rows; apply leaves dropped rows alone.
         return action_ids
 

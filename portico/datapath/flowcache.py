@@ -77,7 +77,7 @@ second probe on every miss; not needed to fit the 1 GiB budget.
 Entries are one structured array (``ENTRY_DTYPE``, 128 bytes, 64-byte aligned):
 the key and its full hash fill the first cache line; last-seen time, the packet
 and byte counters, the generation, the action id, four dependency tags, and the
-two fields the datapath keeps per flow (``tcp_state`` and ``nat_binding``) fill
+fields the datapath keeps per flow (``tcp_state``, ``nat_binding`` and ``conn``) fill
 the second. One array rather than twelve because a kernel pays per argument.
 
 Lookup and insert
@@ -177,6 +177,7 @@ ENTRY_DTYPE = np.dtype(
             *(f"tag{t}" for t in range(MAX_TAGS)),
             "nat_binding",
             "tcp_state",
+            "conn",
         ],
         "formats": [
             *(["u8"] * KEY_WORDS),
@@ -189,6 +190,7 @@ ENTRY_DTYPE = np.dtype(
             *(["u4"] * MAX_TAGS),
             "i4",
             "u1",
+            "i4",
         ],
         "offsets": [
             *(8 * w for w in range(KEY_WORDS)),
@@ -201,8 +203,9 @@ ENTRY_DTYPE = np.dtype(
             *(96 + 4 * t for t in range(MAX_TAGS)),
             112,
             116,
+            120,
         ],
-        "itemsize": 128,  # two cache lines; bytes 117-127 spare
+        "itemsize": 128,  # two cache lines; bytes 117-119 and 124-127 spare
     }
 )
 BYTES_PER_SLOT = ENTRY_DTYPE.itemsize + 4  # the record and its signature
@@ -545,6 +548,7 @@ def _insert(meta, rows, actions, tags, now, sig, entries, ctl):  # type: ignore[
             x.bytes = 0
             x.tcp_state = 0
             x.nat_binding = NO_BINDING
+            x.conn = -1
             ctl[_INSERTIONS] += 1
         x.generation = gen
         x.action = actions[i]

@@ -882,6 +882,26 @@ class NatTable:
         flags = np.where(idx >= 0, self._b[np.maximum(idx, 0), B_FLAGS], 0)
         return (flags & F_LIVE != 0) & (flags & (F_STATIC | F_EIF) != 0)  # type: ignore[no-any-return]
 
+    def endpoints(self, bindings: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Per binding (all live): tenant, protocol, internal address and port, external
+        address and port, as int64 arrays (one gather for a batch's bindings)."""
+        r = self._b[np.asarray(bindings, dtype=np.int64)]
+        return (r[:, B_TENANT], r[:, B_PROTO], r[:, B_IADDR], r[:, B_IPORT], r[:, B_EADDR],
+                r[:, B_EPORT])
+
+    def has_pool(self, tenants: np.ndarray) -> np.ndarray:
+        """Which tenants have a pool (SNAT): the others' traffic leaves untranslated."""
+        t = np.asarray(tenants, dtype=np.int64)
+        inside = (t >= 0) & (t < len(self._tpool))
+        out = np.zeros(len(t), dtype=bool)
+        out[inside] = self._tpool[t[inside]] >= 0
+        return out
+
+    def touch(self, bindings: np.ndarray, now: int) -> None:
+        """Traffic used these bindings at ``now`` without a lookup (flow-cache hits)."""
+        idx = np.asarray(bindings, dtype=np.int64)
+        self._b[idx[idx >= 0], B_LAST] = now
+
     def expire(self, now: int) -> int:
         """Free every unheld dynamic binding idle past its timeout; return how many."""
         return int(_sweep(np.int64(now), self._b, self._pairs, self._ht, self._free,

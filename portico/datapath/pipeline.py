@@ -42,9 +42,14 @@ from typing import ClassVar, Protocol
 import numpy as np
 
 from portico import drops
-from portico.batch import Batch
-from portico.datapath.actions import ACTION_DTYPE
+from portico.batch import META_DTYPE, Batch
+from portico.datapath.actions import ACTION_DTYPE, Op
 from portico.datapath.flowcache import MAX_TAGS, NO_TAG
+from portico.datapath.replies import REPLY_DTYPE
+
+# A packet held for an unresolved next hop: the neighbour it waits for.
+HOLD_DTYPE = np.dtype([("version", "u1"), ("domain", "i4"), ("hi", "u8"), ("lo", "u8")],
+                      align=True)
 
 DONE = -1  # a decision: the packet leaves the pipeline (output set, or dropped)
 TRACE_LIMIT = 10_000  # trace lines kept; the oldest go first
@@ -70,6 +75,19 @@ class Decisions:
     operations into ``ops`` and set the fields they need. ``tags`` holds up to
     ``MAX_TAGS`` dependency tags per row; a row that collects more is marked
     ``overflow`` and must not be cached (its invalidation could not be exact).
+    ``overflow`` is also how a stage says "decided for this packet only"
+    (``no_cache``): an answer, a packet held for a neighbour.
+
+    Three decisions are not rewrites of the packet, and take it off the
+    action path: ``reply`` (a ``replies.REPLY_DTYPE`` record, kind != NONE:
+    the gateway answers the packet in place, an ARP reply or an ICMP error),
+    and ``hold`` (version != 0: the packet waits for the neighbour
+    ``hold_hi``/``hold_lo`` of domain ``hold_domain`` to be resolved).
+    ``domain`` is the routing domain (tenant id) a packet is in, once a stage
+    moved it between domains (NAT into another tenant); -1 until then.
+    ``binding`` (a NAT binding) and ``conn`` (a tracked connection) are the
+    per-flow state a decision used, -1 for none: a cache entry keeps them so
+    that hits keep them alive.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -77,6 +95,16 @@ class Decisions:
         self.tags = np.full((capacity, MAX_TAGS), NO_TAG, dtype=np.uint32)
         self.tag_count = np.zeros(capacity, dtype=np.int64)
         self.overflow = np.zeros(capacity, dtype=bool)
+        self.domain = np.full(capacity, -1, dtype=np.int32)
+        self.reply = np.zeros(capacity, dtype=REPLY_DTYPE)
+        self.hold = np.zeros(capacity, dtype=HOLD_DTYPE)
+        self.binding = np.full(capacity, -1, dtype=np.int64)
+        self.conn = np.full(capacity, -1, dtype=np.int64)
+        # What a firewall place asks connection tracking to decide after the stages.
+        self.ct_zone = np.full(capacity, -1, dtype=np.int32)
+        self.ct_allowed = np.zeros(capacity, dtype=bool)
+        self.ct_reject = np.zeros(capacity, dtype=bool)
+        self.ct_view = np.zeros(capacity, dtype=META_DTYPE)
 
     def reset(self, rows: np.ndarray) -> None:
         self.actions[rows] = np.zeros(1, dtype=ACTION_DTYPE)[0]
@@ -84,6 +112,37 @@ class Decisions:
         self.tags[rows] = NO_TAG
         self.tag_count[rows] = 0
         self.overflow[rows] = False
+        self.domain[rows] = -1
+        self.reply["kind"][rows] = 0
+        self.hold["version"][rows] = 0
+        self.binding[rows] = -1
+        self.conn[rows] = -1
+        self.ct_zone[rows] = -1
+
+    def no_cache(self, rows: np.ndarray) -> None:
+        """These rows' decisions hold for this packet only: keep them out of the cache."""
+        self.overflow[rows] = True
+
+    def effective(self, meta: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """A copy of ``meta[rows]`` as the packets will be after the rewrites recorded so
+        far (addresses, ports) and in the domain a stage moved them to (``tenant``):
+        what a later stage must decide on, since stages see packets as received."""
+        view = meta[rows]
+        a = self.actions[rows]
+        ops = a["ops"]
+        for op, column, field_ in ((Op.SET_IP_SRC, "src4", "ip_src"),
+                                   (Op.SET_IP_DST, "dst4", "ip_dst"),
+                                   (Op.SET_SPORT, "sport", "sport"),
+                                   (Op.SET_DPORT, "dport", "dport")):
+            hit = (ops & int(op)) != 0
+            if hit.any():
+                view[column][hit] = a[field_][hit]
+        # An ICMP echo's identifier is both ports (as parse has it).
+        echo = ((ops & int(Op.SET_SPORT)) != 0) & (view["protocol"] == 1)
+        view["dport"][echo] = view["sport"][echo]
+        moved = self.domain[rows] >= 0
+        view["tenant"][moved] = self.domain[rows][moved]
+        return view
 
     def add_tag(self, rows: np.ndarray, tags: np.ndarray | int) -> None:
         """Record that the decision for each row rests on ``tags`` (one per row, or one)."""
@@ -94,6 +153,16 @@ class Decisions:
         self.tags[rows[room], slot[room]] = values[room]
         self.tag_count[rows[room]] += 1
         self.overflow[rows[~room]] = True
+
+
+class Finisher(Protocol):
+    """Work that must see every row of the run in arrival order, whichever stages the
+    rows went through (connection tracking, whose two firewall places run apart)."""
+
+    NAME: ClassVar[str]
+    DROPS: ClassVar[type[IntEnum] | None]
+
+    def finish(self, batch: Batch, rows: np.ndarray, decided: Decisions) -> None: ...
 
 
 class PipelineError(ValueError):
@@ -126,7 +195,8 @@ class TraceLine:
 class Pipeline:
     """Stages wired by their NEXT names, entered at ``entry``."""
 
-    def __init__(self, stages: Sequence[Stage], *, entry: str) -> None:
+    def __init__(self, stages: Sequence[Stage], *, entry: str,
+                 finishers: Sequence[Finisher] = ()) -> None:
         by_name: dict[str, int] = {}
         for index, stage in enumerate(stages):
             if stage.NAME in by_name:
@@ -144,7 +214,9 @@ class Pipeline:
         self.next_of = [np.array([by_name[n] for n in s.NEXT] or [DONE], dtype=np.int64)
                         for s in stages]
         self.order = self._topological(by_name)
-        self.counters = {stage.NAME: StageCounters() for stage in stages}
+        self.finishers = list(finishers)
+        names = [stage.NAME for stage in stages] + [f.NAME for f in self.finishers]
+        self.counters = {name: StageCounters() for name in names}
         self.trace: list[TraceLine] = []
 
     def _topological(self, by_name: dict[str, int]) -> list[int]:
@@ -204,6 +276,22 @@ class Pipeline:
             going[dropped] = DONE
             current[here] = going
             self._trace(batch, selected, going, dropped, stage.NAME)
+        for finisher in self.finishers:
+            before = drop_column[rows] != 0
+            began = time.perf_counter_ns()
+            finisher.finish(batch, rows, decided)
+            counters = self.counters[finisher.NAME]
+            counters.calls += 1
+            counters.packets += len(rows)
+            counters.nanoseconds += time.perf_counter_ns() - began
+            now_dropped = (drop_column[rows] != 0) & ~before
+            if now_dropped.any():
+                for reason, n in drops.count(drop_column[rows][now_dropped]).items():
+                    counters.drops[reason] = counters.drops.get(reason, 0) + n
+                gone = rows[now_dropped]
+                for k in np.flatnonzero(batch.meta["trace"][gone] != 0):
+                    self.trace.append(TraceLine(int(gone[k]), finisher.NAME, "drop: " + drops.name(
+                        batch.meta["drop"][gone[k]])))
         return decided
 
     def _trace(self, batch: Batch, selected: np.ndarray, going: np.ndarray,
@@ -224,8 +312,8 @@ class Pipeline:
         """Per-stage counters as a table, in pipeline order (like ``vppctl show runtime``)."""
         lines = [f"{'stage':<20}{'calls':>10}{'packets':>12}{'pkts/call':>11}{'ns/pkt':>9}"
                  "  drops"]
-        for index in self.order:
-            name = self.stages[index].NAME
+        for name in [*(self.stages[i].NAME for i in self.order),
+                     *(f.NAME for f in self.finishers)]:
             c = self.counters[name]
             dropped = ", ".join(f"{reason} {n}" for reason, n in sorted(c.drops.items()))
             lines.append(f"{name:<20}{c.calls:>10}{c.packets:>12}{c.packets_per_call:>11.1f}"

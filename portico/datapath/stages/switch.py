@@ -8,7 +8,9 @@ source MAC behind the ingress attachment, then decides on the destination MAC:
 destination                    decision
 =============================  ==============================================
 the segment's router MAC       next ``route`` (nothing recorded here)
-broadcast / multicast          drop ``flood-unsupported``
+ARP broadcast, IPv6 neighbour  next ``route``, which answers for the
+solicitation (multicast)       router's addresses and learns the sender
+other broadcast / multicast    drop ``flood-unsupported``
 known unicast (static/learnt)  ``out_attachment`` set, OUTPUT to its port;
                                next ``output`` (VLAN tags, MACs)
   ... behind the ingress       drop ``hairpin-l2`` (a bridge never sends a
@@ -42,10 +44,10 @@ Flooding is not done: an action has one output port, and flooding a frame
 needs one copy per attachment of the segment (multi-output actions, or a
 replication step after apply). So unknown unicast is dropped, which makes a
 learned entry load-bearing (see mactable on why entries never age), and
-broadcast is dropped too, including ARP requests (and IPv6 neighbour
-solicitations, which are multicast) for the router's addresses. Answering
-those is for a router ARP/ND responder, which does not exist yet; when it
-does, this stage sends them there (a third NEXT) instead of dropping them.
+broadcast is dropped too, except ARP and IPv6 neighbour solicitations on a
+segment with a router: those go to ``route``, whose responder answers for the
+router's addresses (and consumes the rest: hosts of one segment cannot
+resolve each other through the gateway until it floods).
 
 Caching. A decision from a learned entry carries that entry's tag, and an
 unknown-unicast drop carries its segment's "unknown" tag; the table reports
@@ -56,10 +58,8 @@ the same batch as the change keeps the old decision: lookups precede the
 stages). Static entries and the router MAC change only with the topology,
 whose change bumps the cache's generation.
 
-The flow key does not hold MAC addresses: two packets of one 5-tuple with
-different destination MACs share an entry. Hosts do not do that except when
-an address moves to another MAC (IP failover); until the key holds the
-destination MAC, such a flow keeps its first decision while it stays cached.
+The flow key holds the destination MAC, so a 5-tuple sent to another MAC
+(an address that moved, IP failover) is another flow, decided afresh.
 
 Example::
 
@@ -107,6 +107,8 @@ D_BAD_SOURCE = int(SwitchDrop.BAD_SOURCE_MAC)
 D_NO_SEGMENT = int(IngressDrop.NO_SEGMENT)
 OUTPUT = int(Op.OUTPUT)
 GROUP = np.uint64(GROUP_BIT)
+ETHERTYPE_ARP = 0x0806
+ND_SOLICIT = 135
 
 
 @njit(cache=True, inline="always")
@@ -144,6 +146,11 @@ def switch_rows(data, meta, rows, actions, decision, tags,  # type: ignore[no-un
             decision[k] = TO_ROUTE
             continue
         if dst & GROUP:
+            if router_mac[segment] != 0 and (
+                    m.ethertype == ETHERTYPE_ARP
+                    or (m.protocol == 58 and m.icmp_type == ND_SOLICIT and m.ip_version == 6)):
+                decision[k] = TO_ROUTE  # the router answers for its addresses
+                continue
             m.drop = D_FLOOD
             continue
         where, tag = locate_one(segment, dst, slots, ctl, capacity, learning, static_keys,

@@ -41,8 +41,16 @@ def udp(src: str, dst: str, vlan: int | None = None, *, ip_dst: str = "10.0.0.9"
     return bytes(l2 / IP(src="10.0.0.2", dst=ip_dst) / UDP(sport=1000, dport=2000) / b"data")
 
 
+def announce(src: str, vlan: int | None = None) -> bytes:
+    """A broadcast (a DHCP-like UDP one): not forwarded, but its source is learned."""
+    l2 = Ether(src=src, dst="ff:ff:ff:ff:ff:ff")
+    if vlan is not None:
+        l2 = l2 / Dot1Q(vlan=vlan)
+    return bytes(l2 / IP(src="0.0.0.0", dst="255.255.255.255") / UDP(sport=68, dport=67))
+
+
 def arp(src: str, vlan: int | None = None) -> bytes:
-    """A gratuitous ARP: broadcast, so not forwarded, but its source is learned."""
+    """A gratuitous ARP: broadcast, and for the router's responder."""
     l2 = Ether(src=src, dst="ff:ff:ff:ff:ff:ff")
     if vlan is not None:
         l2 = l2 / Dot1Q(vlan=vlan)
@@ -69,7 +77,7 @@ def test_sources_are_learned_and_unknown_destinations_dropped() -> None:
     net = make_l2()
     assert outcomes(net.run([(EDGE, udp(Y, X, 30))])) == ["unknown-unicast"]
     # X announces itself: the broadcast is not flooded, but X is learned behind trunk 10.
-    assert outcomes(net.run([(TRUNK, arp(X, 10))])) == ["flood-unsupported"]
+    assert outcomes(net.run([(TRUNK, announce(X, 10))])) == ["flood-unsupported"]
     a = net.segment("a.lan")
     assert net.macs.entries(a) == {mac_int(Y): net.topology.attachment_at(EDGE, 30),
                                    mac_int(X): net.topology.attachment_at(TRUNK, 10)}
@@ -88,14 +96,14 @@ def test_learning_then_forwarding_follows_arrival_order_inside_a_batch() -> None
 
 def test_a_frame_is_never_sent_back_where_it_came_from() -> None:
     net = make_l2()
-    net.run([(ACCESS, arp(X, 10)), (ACCESS, arp(Y, 10))])
+    net.run([(ACCESS, announce(X, 10)), (ACCESS, announce(Y, 10))])
     batch = net.run([(ACCESS, udp(X, Y, 10)), (ACCESS, udp(X, STATIC_A, 10))])
     assert outcomes(batch) == ["hairpin-l2", "hairpin-l2"]
 
 
 def test_broadcast_and_multicast_are_not_flooded() -> None:
     net = make_l2()
-    frames = [(ACCESS, arp(X, 10)), (ACCESS, udp(Y, "01:00:5e:00:00:fb", 10)),
+    frames = [(ACCESS, announce(X, 10)), (ACCESS, udp(Y, "01:00:5e:00:00:fb", 10)),
               (ACCESS, udp(Z, "33:33:00:00:00:01", 10))]
     assert outcomes(net.run(frames)) == ["flood-unsupported"] * 3
     assert len(net.macs.entries(net.segment("a.lan"))) == 3  # all three sources learned
@@ -113,9 +121,10 @@ def test_frames_for_the_router_go_to_route(checksums_valid) -> None:  # type: ig
     net = make_l2()
     icmp = bytes(Ether(src=X, dst=ROUTER_A) / Dot1Q(vlan=10)
                  / IP(src="10.0.0.2", dst="198.51.100.7", ttl=9) / ICMP(id=7, seq=1))
-    batch = net.run([(ACCESS, icmp), (ACCESS, arp(Y, 10))])
-    assert outcomes(batch) == ["port 0", "flood-unsupported"]
-    assert net.pipeline.counters["route"].packets == 1
+    batch = net.run([(ACCESS, icmp), (ACCESS, arp(Y, 10)), (ACCESS, announce(Z, 10))])
+    # The ARP broadcast goes to the router's responder too (the stub drops non-IP).
+    assert outcomes(batch) == ["port 0", "stub-not-ipv4", "flood-unsupported"]
+    assert net.pipeline.counters["route"].packets == 2
     # Routed by the stub out of the (untagged) uplink: output popped the tag and set
     # the uplink's MAC as source; the stub's next hop and TTL decrement are there too.
     out = Ether(batch.packet(0))
