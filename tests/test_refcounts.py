@@ -37,7 +37,7 @@ from portico.classify.lpm4 import LPM4
 from portico.classify.lpm4 import _lookup_batch as lookup4_batch
 from portico.classify.lpm6 import LPM6
 from portico.classify.lpm6 import _lookup_batch as lookup6_batch
-from portico.datapath import conntrack, datapath, flowcache, nat
+from portico.datapath import conntable, conntrack, datapath, flowcache, nat, neighbours, replies
 from portico.datapath.actions import ActionTable, apply_kernel
 from portico.datapath.flowcache import MAX_TAGS, FlowCache
 from portico.datapath.stages.parse import parse_rows
@@ -175,6 +175,8 @@ RARE_CALLS = {  # what a kernel's loop may call, each on a path a hit does not t
     "nat out": {"_free", "_allocate"},  # an expired binding; a new one
     "nat in": {"_free"},
     "nat release": {"_free"},
+    "conntrack process": {"_free", "_sweep"},  # an expired connection; a full table
+    "replies": {"_refusal", "_set_icmp_meta"},  # scalar helpers without arrays
 }
 
 
@@ -194,6 +196,8 @@ def kernels() -> dict[str, tuple[Any, tuple[Any, ...]]]:
     nt = nat.NatTable([nat.Pool(tenant=0, addresses=["203.0.113.1"])], capacity=64, seed=1)
     b, pairs, ht, free, addrs, ctl = nt._b, nt._pairs, nt._ht, nt._free, nt._addrs, nt._ctl
     v4, v6 = LPM4(), LPM6()
+    ct = conntable.ConnTrack(capacity=64, seed=1)
+    nb = neighbours.NeighbourTable(seed=1)
     return {
         "parse": (parse_rows, (data, meta, 64, True)),
         "triage": (datapath._triage, (meta, 64, rows, rows, 1500)),
@@ -213,6 +217,14 @@ def kernels() -> dict[str, tuple[Any, tuple[Any, ...]]]:
         "nat in": (nat._in_kernel, (meta, rows, now, False, rows, rows, b, pairs, ht, free, addrs,
                                     ctl)),
         "nat release": (nat._release_kernel, (rows, now, b, pairs, ht, free, addrs, ctl)),
+        "conntrack process": (conntable._process, (meta, rows, rows, np.zeros(8, np.bool_), now,
+                                                   u8, rows, ct.conns, ct.ht, ct.ctl)),
+        "conntrack touch": (conntable._touch, (rows, now, ct.conns, ct.ctl)),
+        "conntrack peek": (conntable._peek, (meta, rows, rows, now, np.zeros(8, np.bool_),
+                                             ct.conns, ct.ht, ct.ctl)),
+        "replies": (replies.build_kernel, (data, meta, rows, np.zeros(64, replies.REPLY_DTYPE))),
+        "neighbours resolve4": (neighbours._resolve4, (nb.keys, nb.records, nb.seed, rows, u64,
+                                                       now)),
         "lpm4 lookup": (lookup4_batch, (v4.tbl24, v4.tbl8, u32, u32)),
         "lpm6 lookup": (lookup6_batch, (v6.root, v6.nodes, u64, u64, u32)),
     }
@@ -221,7 +233,8 @@ def kernels() -> dict[str, tuple[Any, tuple[Any, ...]]]:
 @pytest.mark.parametrize("name", [
     "parse", "triage", "flowcache lookup", "flowcache insert", "flowcache expire", "split hits",
     "apply", "ipv4 checksums", "l4 checksums", "conntrack track", "nat out", "nat in",
-    "nat release", "lpm4 lookup", "lpm6 lookup",
+    "nat release", "lpm4 lookup", "lpm6 lookup", "conntrack process", "conntrack touch",
+    "conntrack peek", "replies", "neighbours resolve4",
 ])
 def test_no_reference_counting_inside_the_loops(
     name: str, kernels: dict[str, tuple[Any, tuple[Any, ...]]]

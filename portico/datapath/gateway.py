@@ -160,6 +160,8 @@ class Gateway:
             if found < 0 or self.routing.routes["kind"][found] != RouteKind.CONNECTED:
                 continue
             segment = int(self.routing.routes["segment"][found])
+            if not self._source(segment, key.family):
+                continue  # no address of that family here: an NS from :: would be a DAD probe
             for attachment in self.topology.segments[segment].attachments:
                 if self.topology.attachment_port[attachment] >= 0:
                     frames.append((key, attachment))
