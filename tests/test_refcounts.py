@@ -171,12 +171,12 @@ def test_the_checker_finds_refcounts_in_a_loop() -> None:
 
 # ---------------------------------------------------------------- the hit-path kernels
 RARE_CALLS = {  # what a kernel's loop may call, each on a path a hit does not take
-    "parse": {"parse_tunnel"},  # tunnelled packets
+    "parse": {"parse_tunnel", "parse_quote"},  # tunnelled packets; ICMP errors
     "nat out": {"_free", "_allocate"},  # an expired binding; a new one
     "nat in": {"_free"},
     "nat release": {"_free"},
     "conntrack process": {"_free", "_sweep"},  # an expired connection; a full table
-    "replies": {"_refusal", "_set_icmp_meta"},  # scalar helpers without arrays
+    "replies": {"_refusal", "_set_icmp_meta", "parse_quote"},  # scalar helpers; errors
 }
 
 

@@ -97,7 +97,7 @@ from numba import njit
 
 from portico import drops
 from portico.batch import Batch
-from portico.datapath.stages.parse import flow_hash, parse_rows
+from portico.datapath.stages.parse import flow_hash, parse_quote, parse_rows
 from portico.packet import arp, icmp, icmpv6
 from portico.packet.arp import ARP
 from portico.packet.build import build as build_frame
@@ -158,6 +158,7 @@ drops.register("replies", ReplyDrop)
 K_NONE = int(ReplyKind.NONE)
 K_ARP = int(ReplyKind.ARP_REPLY)
 K_ECHO = int(ReplyKind.ECHO_REPLY)
+K_ERROR = int(ReplyKind.ICMP_ERROR)
 K_ADVERT = int(ReplyKind.NEIGHBOUR_ADVERT)
 K_LAST = max(int(k) for k in ReplyKind)
 
@@ -656,6 +657,8 @@ def build_kernel(data, meta, rows, records):  # type: ignore[no-untyped-def]
         _put_macs(data, i, start, eth_dst, router_mac)
         _set_icmp_meta(m, start, l3, n4, end - l3, ttl, tos, icmp_type, code, ident, eth_dst,
                        src4, dst4, src_hi, src_lo, dst_hi, dst_lo)
+        if kind == K_ERROR:  # the quote, as parse describes an error's (inner_* columns)
+            parse_quote(data, i, m, n4 + 8, end, version)
 
 
 def build(batch: Batch, rows: np.ndarray, records: np.ndarray) -> None:

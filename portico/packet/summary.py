@@ -34,6 +34,7 @@ from portico.packet.vlan import Dot1Q
 from portico.packet.vxlan import VXLAN
 
 ECHO_TYPES = {Layer.ICMP: (0, 8), Layer.ICMPV6: (128, 129)}
+ERROR_TYPES = {Layer.ICMP: (3, 4, 5, 11, 12), Layer.ICMPV6: (1, 2, 3, 4)}
 
 
 class _Drop(Exception):
@@ -210,6 +211,35 @@ class _Walker:
             raise _Drop(ParseDrop.NON_FIRST_FRAGMENT)
         return ip_end, -1, proto
 
+    def quote(self, at: int, end: int, version: int) -> None:
+        """The packet an ICMP error quotes, as far as it is there (never a drop)."""
+        row, buf = self.row, self.buf
+        if version == 4:
+            if end - at < 20 or buf[at] >> 4 != 4 or not 20 <= (buf[at] & 0x0F) * 4 <= end - at:
+                return
+            proto = buf[at + 9]
+            row["inner_src4"] = int.from_bytes(buf[at + 12:at + 16], "big")
+            row["inner_dst4"] = int.from_bytes(buf[at + 16:at + 20], "big")
+            l4 = at + (buf[at] & 0x0F) * 4
+        else:
+            if end - at < 40 or buf[at] >> 4 != 6:
+                return
+            proto = buf[at + 6]
+            src = int.from_bytes(buf[at + 8:at + 24], "big")
+            dst = int.from_bytes(buf[at + 24:at + 40], "big")
+            row["inner_src6_hi"], row["inner_src6_lo"] = src >> 64, src & (1 << 64) - 1
+            row["inner_dst6_hi"], row["inner_dst6_lo"] = dst >> 64, dst & (1 << 64) - 1
+            l4 = at + 40
+        row.update(inner_l3=at, inner_ip_version=version, inner_protocol=proto)
+        if end - l4 < 4:
+            return
+        row["inner_l4"] = l4
+        if proto in (6, 17):
+            row["inner_sport"] = int.from_bytes(buf[l4:l4 + 2], "big")
+            row["inner_dport"] = int.from_bytes(buf[l4 + 2:l4 + 4], "big")
+        elif (proto, buf[l4]) in ((1, 0), (1, 8), (58, 128), (58, 129)) and end - l4 >= 6:
+            row["inner_sport"] = row["inner_dport"] = int.from_bytes(buf[l4 + 4:l4 + 6], "big")
+
     def l4(self, at: int, ip_end: int, proto: int, inner: bool) -> tuple[Layer | None, int]:
         """The transport header; returns (tunnel layer to enter or None, payload offset)."""
         p = "inner_" if inner else ""
@@ -241,6 +271,8 @@ class _Walker:
                 row["icmp_type"], row["icmp_code"] = icmp.type, icmp.code
             if icmp.type in ECHO_TYPES[Layer(layer)]:
                 row[p + "sport"] = row[p + "dport"] = icmp.ident
+            if not inner and icmp.type in ERROR_TYPES[Layer(layer)]:
+                self.quote(at + ICMP.SIZE, ip_end, 4 if layer == Layer.ICMP else 6)
             return None, at + ICMP.SIZE
         if layer == Layer.GRE:
             self.bit(Layer.GRE, inner)

@@ -23,6 +23,10 @@ idempotent: a stage that rewrote headers may parse again.
 Ports of ICMP echo: the identifier is stored as both ``sport`` and ``dport``,
 the way connection trackers key echo flows.
 
+ICMP errors: the packet an error quotes goes into the ``inner_*`` columns
+(its addresses, protocol and ports, as far as the quote holds them; see
+``parse_quote``), so NAT and the firewall can find the flow it is about.
+
 Example::
 
     batch = Batch.from_packets(packets)
@@ -123,6 +127,11 @@ UDP_LEN = UDP.SIZE
 UDP_LENGTH = UDP.at("length").offset
 ICMP_LEN = ICMP.SIZE
 ICMP_IDENT = ICMP.at("ident").offset
+# The ICMP messages that quote a packet (RFC 792, RFC 4443): their inner_* columns hold it.
+ICMP4_ERROR = np.zeros(256, dtype=np.bool_)
+ICMP4_ERROR[[3, 4, 5, 11, 12]] = True  # unreachable, source quench, redirect, time, parameter
+ICMP6_ERROR = np.zeros(256, dtype=np.bool_)
+ICMP6_ERROR[[1, 2, 3, 4]] = True  # unreachable, too big, time exceeded, parameter problem
 VXLAN_LEN = VXLAN.SIZE
 VXLAN_VNI = VXLAN.at("vni").offset
 GENEVE_LEN = Geneve.SIZE
@@ -642,6 +651,9 @@ def parse_rows(data, meta, count, non_first_fragment_drops):  # type: ignore[no-
                         data, i, m, payload, ip_end, tunnel, l4 + be16(data, i, l4 + UDP_LENGTH)
                     )
                     bits |= inner_bits
+                elif drop == 0 and ((proto == 1 and ICMP4_ERROR[icmp_type])
+                                    or (proto == 58 and ICMP6_ERROR[icmp_type])):
+                    parse_quote(data, i, m, payload, ip_end, version)
             elif drop == 0:  # a non-first fragment kept: no transport, no payload offset
                 m.payload = -1
             if version == 4:
@@ -654,6 +666,54 @@ def parse_rows(data, meta, count, non_first_fragment_drops):  # type: ignore[no-
         if m.drop == 0 and m.length < m.wire_length:
             m.drop = D_CAPTURE
         m.layers = bits
+
+
+@njit(cache=True)
+def parse_quote(data, i, m, at, end, version):  # type: ignore[no-untyped-def]
+    """The packet an ICMP error quotes, at ``at``, into the ``inner_*`` columns.
+
+    A quote is a truncated packet by design (RFC 792: the IP header and 8 bytes;
+    RFC 1812 and 4443: as much as fits), so its lengths are not checked against
+    what is there, and nothing here drops the error: whatever is readable (the IP
+    header, then the first four bytes of the transport: the ports, or an echo's
+    identifier) is filled in, the rest left absent. IPv6 extension headers are not
+    walked: a quote whose next header is not the transport has no ports here.
+    """
+    avail = end - at
+    if version == 4:
+        if avail < IP4_LEN or data[i, at] >> 4 != 4:
+            return
+        ihl = (data[i, at] & 0x0F) * 4
+        if ihl < IP4_LEN or ihl > avail:
+            return
+        proto = data[i, at + IP4_PROTO]
+        m.inner_src4 = be32(data, i, at + IP4_SRC)
+        m.inner_dst4 = be32(data, i, at + IP4_DST)
+        l4 = at + ihl
+    else:
+        if avail < IP6_LEN or data[i, at] >> 4 != 6:
+            return
+        proto = data[i, at + IP6_NEXT]
+        m.inner_src6_hi = be64(data, i, at + IP6_SRC)
+        m.inner_src6_lo = be64(data, i, at + IP6_SRC + 8)
+        m.inner_dst6_hi = be64(data, i, at + IP6_DST)
+        m.inner_dst6_lo = be64(data, i, at + IP6_DST + 8)
+        l4 = at + IP6_LEN
+    m.inner_l3 = at
+    m.inner_ip_version = version
+    m.inner_protocol = proto
+    if end - l4 < 4:
+        return
+    m.inner_l4 = l4
+    if proto == 6 or proto == 17:  # noqa: SIM109 (kept plain for Numba)
+        m.inner_sport = be16(data, i, l4)
+        m.inner_dport = be16(data, i, l4 + 2)
+    elif end - l4 >= ICMP_IDENT + 2 and (
+            (proto == 1 and (data[i, l4] == 0 or data[i, l4] == 8))
+            or (proto == 58 and (data[i, l4] == 128 or data[i, l4] == 129))):
+        ident = be16(data, i, l4 + ICMP_IDENT)
+        m.inner_sport = ident
+        m.inner_dport = ident
 
 
 @njit(cache=True)
