@@ -14,7 +14,7 @@ constants and cache the machine code on disk. The ranges taken so far:
 112..119  output (``datapath/stages/output.py``)
 120..127  replies (``datapath/replies.py``: answers built in place)
 128..135  route (``datapath/stages/route.py``)
-136..139  the datapath itself (``datapath/datapath.py``)
+136..139  the datapath itself (``datapath/datapath.py``, ``datapath/icmp_quote.py``)
 140..147  firewall (``datapath/stages/firewall.py``)
 240..255  tests' toy stages
 ========  ==========================================================

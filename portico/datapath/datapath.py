@@ -41,7 +41,7 @@ from numba import njit
 
 from portico import drops
 from portico.batch import Batch
-from portico.datapath import replies
+from portico.datapath import icmp_quote, replies
 from portico.datapath.actions import Action, ActionTable, Op, apply
 from portico.datapath.flowcache import FlowCache
 from portico.datapath.pipeline import Decisions, Pipeline
@@ -195,7 +195,9 @@ class Datapath:
         if n_hit and self.on_hits is not None:
             self.on_hits(self.cache.entries, entries[entries >= 0], now)
         if n_miss:
-            miss_rows = misses[:n_miss]
+            # In arrival order, as without the cache: stages that hand out state (NAT
+            # ports, connections) must meet the rows in the same order either way.
+            miss_rows = np.sort(misses[:n_miss])
             apply(batch, miss_rows, self._stages(batch, miss_rows, now), self.actions)
             self._answer_and_hold(batch, miss_rows)
         if n_hit:
@@ -206,6 +208,9 @@ class Datapath:
         decided = self._decided
         assert decided is not None
         live = batch.meta["drop"][rows] == 0
+        quoted = rows[live & (decided.quote["side"][rows] != 0)]
+        if len(quoted):
+            icmp_quote.rewrite(batch.data, batch.meta, quoted, decided.quote)
         answered = rows[live & (decided.reply["kind"][rows] != 0)]
         if len(answered):
             replies.build(batch, answered, decided.reply)

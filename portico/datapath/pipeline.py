@@ -45,6 +45,7 @@ from portico import drops
 from portico.batch import META_DTYPE, Batch
 from portico.datapath.actions import ACTION_DTYPE, Op
 from portico.datapath.flowcache import MAX_TAGS, NO_TAG
+from portico.datapath.icmp_quote import QUOTE_DTYPE
 from portico.datapath.replies import REPLY_DTYPE
 
 # A packet held for an unresolved next hop: the neighbour it waits for.
@@ -83,6 +84,8 @@ class Decisions:
     the gateway answers the packet in place, an ARP reply or an ICMP error),
     and ``hold`` (version != 0: the packet waits for the neighbour
     ``hold_hi``/``hold_lo`` of domain ``hold_domain`` to be resolved).
+    ``quote`` (side != 0) asks for the packet an ICMP error quotes to be
+    rewritten after the actions (NAT's half of an error, ``icmp_quote``).
     ``domain`` is the routing domain (tenant id) a packet is in, once a stage
     moved it between domains (NAT into another tenant); -1 until then.
     ``binding`` (a NAT binding) and ``conn`` (a tracked connection) are the
@@ -97,6 +100,7 @@ class Decisions:
         self.overflow = np.zeros(capacity, dtype=bool)
         self.domain = np.full(capacity, -1, dtype=np.int32)
         self.reply = np.zeros(capacity, dtype=REPLY_DTYPE)
+        self.quote = np.zeros(capacity, dtype=QUOTE_DTYPE)
         self.hold = np.zeros(capacity, dtype=HOLD_DTYPE)
         self.binding = np.full(capacity, -1, dtype=np.int64)
         self.conn = np.full(capacity, -1, dtype=np.int64)
@@ -114,6 +118,7 @@ class Decisions:
         self.overflow[rows] = False
         self.domain[rows] = -1
         self.reply["kind"][rows] = 0
+        self.quote["side"][rows] = 0
         self.hold["version"][rows] = 0
         self.binding[rows] = -1
         self.conn[rows] = -1

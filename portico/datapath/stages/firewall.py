@@ -25,8 +25,9 @@ provider (before SNAT: the rules see the tenant's own addresses), next
                    the rule says reject
    INVALID         makes no sense for its connection (an ACK with none, a
                    reply before the request): ``invalid``
-   UNTRACKED       not tracked (ICMP errors, non-first fragments): the
-                   rules decide
+   UNTRACKED       not tracked (non-first fragments): the rules decide;
+                   ICMP errors pass when the flow they quote is tracked
+                   (conntrack's RELATED), whatever the rules
    TABLE_FULL      ``conntrack-full``
    ==============  =======================================================
 
@@ -61,9 +62,11 @@ from portico.classify.rules import Direction, RuleSet
 from portico.control.model import Config
 from portico.datapath.conntable import ConnTrack, Outcome
 from portico.datapath.flowcache import TagKind
+from portico.datapath.icmp_quote import SOURCE
 from portico.datapath.nat import NatTable
 from portico.datapath.pipeline import DONE, Decisions
 from portico.datapath.replies import ReplyKind
+from portico.datapath.stages.parse import ICMP4_ERROR, ICMP6_ERROR
 
 
 class FirewallDrop(IntEnum):
@@ -80,6 +83,29 @@ RULE_TAG_BASE = int(TagKind.RULE) << 28
 ADMIN_PROHIBITED4 = (3, 13)  # ICMP destination unreachable, administratively prohibited
 ADMIN_PROHIBITED6 = (1, 1)  # ICMPv6 destination unreachable, administratively prohibited
 NO_RULE = -1
+
+
+def _icmp_errors(view: np.ndarray) -> np.ndarray:
+    """Which rows are ICMP / ICMPv6 errors (they quote the flow they are about)."""
+    return (((view["protocol"] == 1) & ICMP4_ERROR[view["icmp_type"]])
+            | ((view["protocol"] == 58) & ICMP6_ERROR[view["icmp_type"]]))
+
+
+def _quoted(view: np.ndarray, quotes: np.ndarray) -> np.ndarray:
+    """The flows errors quote, as rows conntrack can look up, in the tenant's addresses:
+    an inbound error's quote after ``nat-in`` restored its source (``firewall-in``
+    comes after it); an outbound one's as the host sent it (``firewall-out`` comes
+    before ``nat-out``)."""
+    q = view.copy()
+    for column in ("src4", "dst4", "src6_hi", "src6_lo", "dst6_hi", "dst6_lo", "sport",
+                   "dport", "protocol", "ip_version"):
+        q[column] = view[f"inner_{column}"]
+    source = quotes["side"] == SOURCE
+    q["src4"][source] = quotes["address"][source]
+    q["sport"][source] = quotes["port"][source]
+    echo = (q["protocol"] == 1) | (q["protocol"] == 58)  # an echo's identifier is both ports
+    q["dport"][echo & source] = q["sport"][echo & source]
+    return q
 
 
 class TenantRules:
@@ -144,6 +170,10 @@ class Firewall:
         view = decided.effective(meta, rows)
         zones = view["tenant"].astype(np.int64)
         allowed, reject = self._rules(view, zones)
+        # Errors are judged by the flow they quote, after tracking (ConnTrackPass).
+        errors = _icmp_errors(view)
+        allowed[errors] = True
+        reject[errors] = False
         if self.direction is Direction.INGRESS:
             binding = decided.binding[rows]
             via = binding >= 0
@@ -253,6 +283,12 @@ class ConnTrackPass:
         allowed = decided.ct_allowed[rows]
         reject = decided.ct_reject[rows]
         outcome, slots = self.conns.process(decided.ct_view, rows, zones, allowed)
+        errors = np.flatnonzero(_icmp_errors(decided.ct_view[rows]))
+        if len(errors):  # related: an error passes when the flow it quotes is tracked
+            quoted = _quoted(decided.ct_view[rows[errors]], decided.quote[rows[errors]])
+            now = int(quoted["timestamp"].max())
+            allowed = allowed.copy()
+            allowed[errors] = self.conns.peek(quoted, np.arange(len(quoted)), zones[errors], now)
         passes = ((outcome == Outcome.NEW) | (outcome == Outcome.REPLY)
                   | (((outcome == Outcome.ESTABLISHED) | (outcome == Outcome.UNTRACKED))
                      & allowed))

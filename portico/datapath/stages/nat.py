@@ -27,6 +27,14 @@ Each translated row records its binding (``decided.binding``) and the tag
 are invalidated. Cache hits refresh the binding's idle timer through the
 entry's ``nat_binding``, so a flow the cache forwards keeps its binding.
 
+ICMP errors (RFC 5508 section 4, RFC 7857 section 2.9) are found by the flow
+they quote (the ``inner_*`` columns parse fills): inbound, the quoted source
+is our external endpoint, so ``NatTable.icmp_error_in`` finds its binding;
+outbound, the quoted destination is the internal endpoint, and
+``icmp_error_out`` does. The error's own address gets an action, the quote a
+``decided.quote`` record that ``portico.datapath.icmp_quote`` carries out after
+the actions. An error about no binding is dropped ``no-binding``.
+
 Filtering (RFC 4787 REQ-8) is the firewall's: ``firewall-in`` lets an
 unsolicited packet open a connection only when its binding admits it
 (``NatTable.admits_unsolicited``: static mappings and endpoint-independent
@@ -43,13 +51,20 @@ import numpy as np
 from portico.batch import Batch
 from portico.datapath.actions import Op
 from portico.datapath.flowcache import TagKind
+from portico.datapath.icmp_quote import DESTINATION, SOURCE
 from portico.datapath.nat import ICMP, NatDrop, NatTable
 from portico.datapath.pipeline import Decisions
+from portico.datapath.stages.parse import ICMP4_ERROR
 
 NAT_TAG_BASE = int(TagKind.NAT) << 28
 SNAT_OPS = int(Op.SET_IP_SRC | Op.SET_SPORT)
 DNAT_OPS = int(Op.SET_IP_DST | Op.SET_DPORT)
 ECHO_OPS = int(Op.SET_IP_DST | Op.SET_SPORT)
+
+
+def _icmp_errors(view: np.ndarray) -> np.ndarray:
+    """Which rows are ICMPv4 errors (they quote the flow they are about)."""
+    return (view["protocol"] == ICMP) & ICMP4_ERROR[view["icmp_type"]]
 
 
 class Nat:
@@ -81,7 +96,10 @@ class Nat:
     def _out(self, batch: Batch, rows: np.ndarray, view: np.ndarray,
              decided: Decisions) -> None:
         translate = (view["ip_version"] == 4) & self.table.has_pool(view["tenant"])
-        sel = np.flatnonzero(translate)
+        errors = translate & _icmp_errors(view)
+        if errors.any():
+            self._errors(batch, rows[errors], view[errors], decided, outbound=True)
+        sel = np.flatnonzero(translate & ~errors)
         if not len(sel):
             return
         now = int(view["timestamp"][sel].max())
@@ -93,6 +111,10 @@ class Nat:
         now = int(view["timestamp"].max()) if len(view) else 0
         reasons = np.zeros(len(rows), dtype=np.int64)
         v4 = view["ip_version"] == 4
+        errors = v4 & _icmp_errors(view)
+        if errors.any():
+            self._errors(batch, rows[errors], view[errors], decided, outbound=False)
+            rows, view, reasons, v4 = rows[~errors], view[~errors], reasons[~errors], v4[~errors]
         bindings = np.full(len(rows), -1, dtype=np.int64)
         sel = np.flatnonzero(v4)
         if len(sel):
@@ -102,11 +124,46 @@ class Nat:
         reasons[~v4] = int(NatDrop.UNTRANSLATABLE)
         self._record(batch, rows, bindings, reasons, decided, outbound=False)
 
+    def _errors(self, batch: Batch, rows: np.ndarray, view: np.ndarray, decided: Decisions, *,
+                outbound: bool) -> None:
+        """ICMP errors about a translated flow: the binding is found from the quote (its
+        source, inbound: our external endpoint; its destination, outbound: the internal
+        one), and both the error and its quote are rewritten (RFC 5508 4.2). Errors are
+        rare and never cached, so this walks them one by one."""
+        meta = batch.meta
+        a = decided.actions
+        for k, row in enumerate(rows):
+            q = view[k]
+            now = int(q["timestamp"])
+            if outbound:
+                found = self.table.icmp_error_out(int(q["tenant"]), int(q["inner_protocol"]),
+                                                  int(q["inner_dst4"]), int(q["inner_dport"]),
+                                                  now)
+            else:
+                found = self.table.icmp_error_in(int(q["inner_protocol"]), int(q["inner_src4"]),
+                                                 int(q["inner_sport"]), now)
+            if found is None or q["inner_l4"] < 0:
+                meta["drop"][row] = int(NatDrop.NO_BINDING)
+                continue
+            if outbound:
+                a["ops"][row] |= int(Op.SET_IP_SRC)
+                a["ip_src"][row] = found.address
+            else:
+                a["ops"][row] |= int(Op.SET_IP_DST)
+                a["ip_dst"][row] = found.address
+                decided.domain[row] = found.tenant
+            decided.quote[row] = (DESTINATION if outbound else SOURCE, found.address, found.port)
+        decided.no_cache(rows)
+
     def _record(self, batch: Batch, rows: np.ndarray, bindings: np.ndarray,
                 reasons: np.ndarray, decided: Decisions, *, outbound: bool) -> None:
         failed = bindings < 0
         batch.meta["drop"][rows[failed]] = np.where(reasons[failed] > 0, reasons[failed],
                                                      int(NatDrop.NO_BINDING))
+        # A missing binding or a full pool is the table's state of the moment, and no tag
+        # tells the cache when it changes (a host opens the port, a binding expires):
+        # these drops hold for this packet only.
+        decided.no_cache(rows[failed])
         ok = rows[~failed]
         if not len(ok):
             return
