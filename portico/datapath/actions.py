@@ -135,28 +135,106 @@ class Action:
                 raise ValueError(f"action.{name}: {value} does not fit in {bits} bits")
 
 
+ACTION_WORDS = ACTION_DTYPE.itemsize // 8  # a record as uint64 words (padding zeroed)
+EMPTY = -1
+
+
+@njit(cache=True)
+def _intern(words, table, slots, count):  # type: ignore[no-untyped-def]
+    """The id of each record in ``words`` (rows of ACTION_WORDS uint64), adding the new
+    ones to ``table`` from ``count[0]`` on; ``slots`` is the open-addressing index
+    (linear probing, ids, EMPTY for none). The caller leaves room for every row."""
+    n = words.shape[0]
+    width = words.shape[1]
+    mask = slots.shape[0] - 1
+    ids = np.empty(n, dtype=np.int64)
+    for k in range(n):
+        h = np.uint64(0x9E3779B97F4A7C15)
+        for w in range(width):
+            h = (h ^ words[k, w]) * np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(31)
+        j = np.int64(h & np.uint64(mask))
+        while True:
+            found = slots[j]
+            if found == EMPTY:
+                found = count[0]
+                count[0] += 1
+                for w in range(width):
+                    table[found, w] = words[k, w]
+                slots[j] = found
+                break
+            same = True
+            for w in range(width):
+                if table[found, w] != words[k, w]:
+                    same = False
+                    break
+            if same:
+                break
+            j = (j + 1) & mask
+        ids[k] = found
+    return ids
+
+
+def normalized(records: np.ndarray) -> np.ndarray:
+    """Records as the table keeps them: a drop carries nothing but its reason, and the
+    port of a record without OUTPUT is -1, so equal decisions are equal bytes."""
+    out = np.zeros(len(records), dtype=ACTION_DTYPE)  # zeroed padding too
+    for name in ACTION_DTYPE.names or ():
+        out[name] = records[name]
+    drop = (out["ops"] & DROP) != 0
+    if drop.any():
+        reasons = out["reason"][drop]
+        out[drop] = np.zeros(1, dtype=ACTION_DTYPE)[0]
+        out["ops"][drop] = DROP
+        out["reason"][drop] = reasons
+    out["out_port"][(out["ops"] & OUTPUT) == 0] = -1
+    return out
+
+
 class ActionTable:
-    """Interned actions: equal actions share one id; ids index ``records``."""
+    """Interned actions: equal actions share one id; ids index ``records``.
+
+    Interning is one compiled pass over a batch's records (``add_records``): each
+    record's bytes are hashed into an open-addressing index over the table, so a
+    batch of new flows costs no Python per flow. ``add`` is the scalar way in.
+    """
 
     def __init__(self, capacity: int = 64) -> None:
+        capacity = 1 << max(4, (capacity - 1).bit_length())
         self.records = np.zeros(capacity, dtype=ACTION_DTYPE)
-        self.count = 0
-        self._ids: dict[Action, int] = {}
+        self._slots = np.full(2 * capacity, EMPTY, dtype=np.int64)
+        self._count = np.zeros(1, dtype=np.int64)
+
+    @property
+    def count(self) -> int:
+        return int(self._count[0])
+
+    def _reserve(self, more: int) -> None:
+        need = self.count + more
+        if need <= len(self.records):
+            return
+        capacity = 1 << (need - 1).bit_length()
+        grown = np.zeros(capacity, dtype=ACTION_DTYPE)
+        grown[: self.count] = self.records[: self.count]
+        self.records = grown
+        self._slots = np.full(2 * capacity, EMPTY, dtype=np.int64)
+        existing = self.records[: self.count].view(np.uint64).reshape(-1, ACTION_WORDS)
+        rebuilt = np.zeros(1, dtype=np.int64)
+        _intern(existing, grown.view(np.uint64).reshape(-1, ACTION_WORDS), self._slots, rebuilt)
+
+    def add_records(self, records: np.ndarray) -> np.ndarray:
+        """The id of each ``ACTION_DTYPE`` record, interning the new ones."""
+        records = normalized(records)
+        self._reserve(len(records))
+        words = records.view(np.uint64).reshape(-1, ACTION_WORDS)
+        table = self.records.view(np.uint64).reshape(-1, ACTION_WORDS)
+        return _intern(words, table, self._slots, self._count)  # type: ignore[no-any-return]
 
     def add(self, action: Action) -> int:
-        found = self._ids.get(action)
-        if found is not None:
-            return found
-        if self.count == len(self.records):
-            grown = np.zeros(2 * len(self.records), dtype=ACTION_DTYPE)
-            grown[: self.count] = self.records[: self.count]
-            self.records = grown
-        record = self.records[self.count]
+        record = np.zeros(1, dtype=ACTION_DTYPE)
         for name in ACTION_DTYPE.names or ():
             record[name] = int(getattr(action, name))
-        self._ids[action] = self.count
-        self.count += 1
-        return self.count - 1
+        return int(self.add_records(record)[0])
 
     def __len__(self) -> int:
         return self.count

@@ -42,7 +42,7 @@ from numba import njit
 from portico import drops
 from portico.batch import Batch
 from portico.datapath import icmp_quote, replies
-from portico.datapath.actions import Action, ActionTable, Op, apply
+from portico.datapath.actions import ActionTable, Op, apply
 from portico.datapath.flowcache import FlowCache
 from portico.datapath.pipeline import Decisions, Pipeline
 from portico.datapath.stages.ingress import classify
@@ -76,6 +76,14 @@ class HitHandler(Protocol):
     """Told which cache entries just forwarded packets, to keep their state alive."""
 
     def __call__(self, entries: np.ndarray, hit: np.ndarray, now: int) -> None: ...
+
+
+class HitCheck(Protocol):
+    """Says which of the entries a lookup found still hold, when a decision rests on
+    state that changes without a tag (a TCP connection's state): a mask over ``found``.
+    The others are misses: their packets run the stages."""
+
+    def __call__(self, entries: np.ndarray, found: np.ndarray) -> np.ndarray: ...
 
 
 class TagSource(Protocol):
@@ -142,7 +150,8 @@ class Datapath:
     def __init__(self, pipeline: Pipeline, *, cache: FlowCache | None,
                  actions: ActionTable | None = None, topology: Topology | None = None,
                  tag_sources: Sequence[TagSource] = (), min_mtu: int = 65535,
-                 on_hold: HoldHandler | None = None, on_hits: HitHandler | None = None) -> None:
+                 on_hold: HoldHandler | None = None, on_hits: HitHandler | None = None,
+                 check_hits: HitCheck | None = None) -> None:
         self.pipeline = pipeline
         self.cache = cache
         self.actions = actions if actions is not None else ActionTable()
@@ -151,6 +160,7 @@ class Datapath:
         self.min_mtu = min_mtu
         self.on_hold = on_hold
         self.on_hits = on_hits
+        self.check_hits = check_hits
         self.counters = {"packets": 0, "hits": 0, "misses": 0, "forced": 0, "uncacheable": 0}
         self._decided: Decisions | None = None
 
@@ -185,6 +195,10 @@ class Datapath:
         n_candidates, n_forced = _triage(meta, count, candidates, misses, self.min_mtu)
         candidates = candidates[:n_candidates]
         entries = self.cache.lookup(meta, candidates, now)
+        if self.check_hits is not None:
+            found = np.flatnonzero(entries >= 0)
+            if len(found):
+                entries[found[~self.check_hits(self.cache.entries, entries[found])]] = -1
         hit_rows = np.empty(n_candidates, dtype=np.int64)
         hit_ids = np.empty(n_candidates, dtype=np.int64)
         n_hit, n_miss = _split_hits(entries, candidates, self.cache.entries["action"], hit_rows,
@@ -238,9 +252,7 @@ class Datapath:
         refused = dropped != 0
         pending["ops"][refused] = int(Op.DROP)
         pending["reason"][refused] = dropped[refused]
-        kinds, which = np.unique(pending, return_inverse=True)
-        ids = np.array([self.actions.add(_action(kind)) for kind in kinds], dtype=np.int64)
-        action_ids = ids[which.reshape(-1)]
+        action_ids = self.actions.add_records(pending)
         if self.cache is not None:
             cacheable = ~decided.overflow[rows]
             self.counters["uncacheable"] += int((~cacheable).sum())
@@ -254,16 +266,3 @@ class Datapath:
                 entries["conn"][made[ok]] = decided.conn[keep[ok]]
         # The stages' drops are already on the rows; apply leaves dropped rows alone.
         return action_ids
-
-
-def _action(record: np.void) -> Action:
-    ops = Op(int(record["ops"]))
-    if Op.DROP in ops:  # a drop carries nothing else
-        return Action(ops=Op.DROP, reason=int(record["reason"]))
-    return Action(
-        ops=ops, ip_src=int(record["ip_src"]), ip_dst=int(record["ip_dst"]),
-        sport=int(record["sport"]), dport=int(record["dport"]),
-        eth_src=int(record["eth_src"]), eth_dst=int(record["eth_dst"]),
-        vlan_tci=int(record["vlan_tci"]),
-        out_port=int(record["out_port"]) if Op.OUTPUT in ops else -1,
-    )

@@ -40,6 +40,7 @@ from enum import IntEnum
 from typing import ClassVar, Protocol
 
 import numpy as np
+from numba import njit
 
 from portico import drops
 from portico.batch import META_DTYPE, Batch
@@ -67,6 +68,33 @@ class Stage(Protocol):
                 decided: Decisions) -> None:
         """Decide for every row: ``decision[k]`` = index into NEXT for ``rows[k]``, or DONE;
         record what is to be done to the packet in ``decided``."""
+
+
+SET_IP_SRC, SET_IP_DST = int(Op.SET_IP_SRC), int(Op.SET_IP_DST)
+SET_SPORT, SET_DPORT = int(Op.SET_SPORT), int(Op.SET_DPORT)
+
+
+@njit(cache=True)
+def _effective(meta, rows, actions, domain, view):  # type: ignore[no-untyped-def]
+    """view[k] = meta[rows[k]] with the recorded rewrites and domain applied."""
+    for k in range(rows.shape[0]):
+        r = rows[k]
+        view[k] = meta[r]
+        v = view[k]
+        a = actions[r]
+        ops = np.int64(a.ops)
+        if ops & SET_IP_SRC:
+            v.src4 = a.ip_src
+        if ops & SET_IP_DST:
+            v.dst4 = a.ip_dst
+        if ops & SET_SPORT:
+            v.sport = a.sport
+            if v.protocol == 1:  # an ICMP echo's identifier is both ports, as parse has it
+                v.dport = a.sport
+        if ops & SET_DPORT:
+            v.dport = a.dport
+        if domain[r] >= 0:
+            v.tenant = domain[r]
 
 
 class Decisions:
@@ -132,21 +160,9 @@ class Decisions:
         """A copy of ``meta[rows]`` as the packets will be after the rewrites recorded so
         far (addresses, ports) and in the domain a stage moved them to (``tenant``):
         what a later stage must decide on, since stages see packets as received."""
-        view = meta[rows]
-        a = self.actions[rows]
-        ops = a["ops"]
-        for op, column, field_ in ((Op.SET_IP_SRC, "src4", "ip_src"),
-                                   (Op.SET_IP_DST, "dst4", "ip_dst"),
-                                   (Op.SET_SPORT, "sport", "sport"),
-                                   (Op.SET_DPORT, "dport", "dport")):
-            hit = (ops & int(op)) != 0
-            if hit.any():
-                view[column][hit] = a[field_][hit]
-        # An ICMP echo's identifier is both ports (as parse has it).
-        echo = ((ops & int(Op.SET_SPORT)) != 0) & (view["protocol"] == 1)
-        view["dport"][echo] = view["sport"][echo]
-        moved = self.domain[rows] >= 0
-        view["tenant"][moved] = self.domain[rows][moved]
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        view = np.empty(len(rows), dtype=meta.dtype)
+        _effective(meta, rows, self.actions, self.domain, view)
         return view
 
     def add_tag(self, rows: np.ndarray, tags: np.ndarray | int) -> None:
