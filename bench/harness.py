@@ -95,11 +95,19 @@ from bench.flowcache import (
 from bench.lpm import FULL_LPM, QUICK_LPM, LpmSettings, format_lpm, lpm_target_lines, run_lpm
 from bench.peers import PEERS
 from bench.pipeline import (
+    FULL_FLOWS,
+    FULL_MISS,
     FULL_PIPELINE,
+    QUICK_FLOWS,
+    QUICK_MISS,
     QUICK_PIPELINE,
+    FlowsSettings,
+    MissSettings,
     PipelineSettings,
     format_pipeline,
     pipeline_target_lines,
+    run_flows,
+    run_miss,
     run_pipeline,
 )
 from bench.timing import median_seconds
@@ -121,9 +129,10 @@ from bench.workloads import (
 
 # Beside the packet workloads: route lookups (bench/lpm.py), the container
 # classifier (bench/classify.py), the flow cache (bench/flowcache.py) and the
-# datapath's hit path (bench/pipeline.py), each reported in its own table.
+# gateway end to end (bench/pipeline.py), each reported in its own table.
 CLASSIFY_WORKLOADS = ("classify", "classify-update")
-ALL_WORKLOADS = (*WORKLOADS, "lpm", *CLASSIFY_WORKLOADS, "flowcache", "pipeline-hit")
+PIPELINE_WORKLOADS = ("pipeline-hit", "pipeline-miss", "pipeline-flows")
+ALL_WORKLOADS = (*WORKLOADS, "lpm", *CLASSIFY_WORKLOADS, "flowcache", *PIPELINE_WORKLOADS)
 PEER_NAMES = ("struct", "dpkt", "scapy")
 RESIDENT = 1 << 14  # packets in the cache-resident working set: 4 MiB of slots
 SWEEP = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -148,6 +157,8 @@ class Settings:
     classify: ClassifySettings = FULL_CLASSIFY
     flowcache: FlowcacheSettings = FULL_FLOWCACHE
     pipeline: PipelineSettings = FULL_PIPELINE
+    pipeline_miss: MissSettings = FULL_MISS
+    pipeline_flows: FlowsSettings = FULL_FLOWS
 
 
 FULL = Settings(packets=1 << 18, batches=SWEEP, repeats=7,
@@ -155,7 +166,7 @@ FULL = Settings(packets=1 << 18, batches=SWEEP, repeats=7,
 QUICK = Settings(packets=1 << 16, batches=(256, 4096), repeats=3,
                  samples={"struct": 20_000, "dpkt": 5_000, "scapy": 500}, quick=True,
                  lpm=QUICK_LPM, classify=QUICK_CLASSIFY, flowcache=QUICK_FLOWCACHE,
-                 pipeline=QUICK_PIPELINE)
+                 pipeline=QUICK_PIPELINE, pipeline_miss=QUICK_MISS, pipeline_flows=QUICK_FLOWS)
 
 
 # ---------------------------------------------------------------- timing
@@ -357,6 +368,10 @@ def run_bench(settings: Settings, workloads: Sequence[str],
         entries += run_flowcache(settings.flowcache, status)
     if "pipeline-hit" in workloads:
         entries += run_pipeline(settings.pipeline, status)
+    if "pipeline-miss" in workloads:
+        entries += run_miss(settings.pipeline_miss, status)
+    if "pipeline-flows" in workloads:
+        entries += run_flows(settings.pipeline_flows, status)
     run = {"quick": settings.quick,
            "repeats": settings.repeats, "peer_repeats": settings.peer_repeats,
            "traffic": "64-byte IPv4 frames, TCP/UDP 50/50, 100k flows, uniform",
@@ -524,7 +539,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     peer_repeats=base.peer_repeats, quick=base.quick, lpm=lpm,
                     classify=base.classify, flowcache=flowcache,
                     pipeline=(dataclasses.replace(base.pipeline, batches=batches) if batches
-                              else base.pipeline))
+                              else base.pipeline),
+                    pipeline_miss=(dataclasses.replace(base.pipeline_miss, batches=batches)
+                                   if batches else base.pipeline_miss),
+                    pipeline_flows=(dataclasses.replace(base.pipeline_flows, batches=batches)
+                                    if batches else base.pipeline_flows))
 
 
 def run(args: argparse.Namespace) -> int:
