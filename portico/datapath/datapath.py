@@ -27,7 +27,11 @@ made under and their tags, so ``FlowCache.bump_generation`` (any change) or
 makes the next packet of an affected flow take the miss path again.
 
 Dropped decisions are cached like any other: a flow the firewall refused is
-refused by its entry from then on, with the same reason counted.
+refused by its entry from then on, with the same reason counted. (Unless a
+stage says the decision holds for the packet only, ``Decisions.no_cache``: a
+drop that rests on state no tag follows, such as a missing NAT binding or a
+missing connection. State of that kind behind a forwarding decision, a TCP
+connection's, is the ``check_hits`` hook's to verify on every hit.)
 """
 
 from __future__ import annotations

@@ -688,6 +688,14 @@ class FlowCache:
         names = [f"tag{t}" for t in range(MAX_TAGS)]
         return recfunctions.structured_to_unstructured(self.entries[names], copy=False)
 
+    def used_since(self, since: int) -> np.ndarray:
+        """The occupied entries a lookup or an insert touched at ``since`` or later, under
+        the current generation: the flows alive since then, whose per-flow state (NAT
+        binding, connection) the owner keeps alive in one sweep rather than per hit."""
+        e = self.entries
+        live = (self.sig != 0) & (e["last_seen"] >= since) & (e["generation"] == self.generation)
+        return np.flatnonzero(live)
+
     def keys(self) -> np.ndarray:
         """The (capacity, KEY_WORDS) key words, a copy."""
         names = [f"k{w}" for w in range(KEY_WORDS)]

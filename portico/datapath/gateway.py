@@ -40,6 +40,7 @@ from portico.classify.rules import Direction, Rule, RuleChange
 from portico.control.model import PROVIDER_TENANT_ID, Config
 from portico.datapath import replies
 from portico.datapath.conntable import ConnTrack
+from portico.datapath.conntrack import State
 from portico.datapath.datapath import Datapath
 from portico.datapath.flowcache import SECOND, FlowCache, capacity_for
 from portico.datapath.mactable import MacTable
@@ -60,6 +61,8 @@ from portico.datapath.stages.output import Output
 from portico.datapath.stages.route import Route, RouteDrop
 from portico.datapath.stages.switch import L2Switch
 from portico.datapath.topology import compile_topology
+
+DEAD_CONN = -2  # a cache entry's ``conn``: its connection closed, the entry holds no more
 
 
 class Gateway:
@@ -102,7 +105,7 @@ class Gateway:
         self.datapath = Datapath(self.pipeline, cache=self.cache, topology=t,
                                  tag_sources=(self.macs, self.neighbours),
                                  min_mtu=min(mtus, default=65535), on_hold=self._hold,
-                                 on_hits=self._touch)
+                                 on_hits=self._touch, check_hits=self._still_open)
         self.counters = {"held": 0, "hold-refused": 0, "solicitations": 0, "released": 0}
 
     # ---------------------------------------------------------------- per batch
@@ -137,6 +140,20 @@ class Gateway:
             self.counters["held"] += int(accepted.sum())
             self.counters["hold-refused"] += int((~accepted).sum())
             batch.meta["drop"][rows[sel][~accepted]] = RouteDrop.QUEUE_FULL
+
+    def _still_open(self, entries: np.ndarray, found: np.ndarray) -> np.ndarray:
+        """A cached decision that rests on a connection holds while the connection is
+        open (established, or a datagram flow's): a TCP flow's SYN decided nothing for
+        its handshake's ACK, and after a FIN or RST its packets are conntrack's to judge
+        again. An entry found wanting is marked dead (``DEAD_CONN``) until a fresh
+        decision replaces it, so a later connection in its slot cannot revive it."""
+        conns = entries["conn"][found]
+        ok = conns == -1  # no connection: nothing to check
+        tracked = conns >= 0
+        state = self.conns.conns["state"][conns[tracked]]
+        ok[tracked] = (state == State.ESTABLISHED) | (state == State.NEW)
+        entries["conn"][found[~ok]] = DEAD_CONN
+        return ok
 
     def _touch(self, entries: np.ndarray, hit: np.ndarray, now: int) -> None:
         """Hits keep their flows' bindings and connections alive."""
@@ -202,23 +219,26 @@ class Gateway:
         return change
 
     def set_container(self, tenant: str, name: str, prefixes: Sequence[str]) -> None:
-        """Give a tenant's container exactly ``prefixes``; re-decide the flows of the
-        directions whose rules use it."""
+        """Give a tenant's container exactly ``prefixes`` (its own; the containers it
+        includes stay); re-decide the flows of the directions whose rules use it, or a
+        container that includes it."""
         rules_of = self._tenant_rules(tenant)
         store = rules_of.store
         if name not in store.containers:
             raise KeyError(f"tenants.{tenant}.router.firewall.containers: no container {name!r}")
-        have = {str(p) for p in store.members(name)}
+        # Its own prefixes: what it holds through the containers it includes stays.
+        have = {str(p) for p in store.containers[name].prefixes}
         want = {str(ip_network(p, strict=False)) for p in prefixes}
+        changed: set[str] = set()  # it and every container holding it through nesting
         for prefix in sorted(want - have):
-            store.add_prefix(name, prefix)
+            changed |= store.add_prefix(name, prefix).containers
         for prefix in sorted(have - want):
-            store.remove_prefix(name, prefix)
+            changed |= store.remove_prefix(name, prefix).containers
         if self.cache is not None:
             tenant_id = self.config.tenants[tenant].id
             self.cache.invalidate_tags([Firewalls.tag(tenant_id, d)
                                         for d, rs in rules_of.rules.items()
-                                        if rs.rules_using(name)])
+                                        if any(rs.rules_using(c) for c in changed)])
 
     def _tenant_rules(self, tenant: str) -> TenantRules:
         if tenant not in self.config.tenants:

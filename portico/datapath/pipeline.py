@@ -137,6 +137,11 @@ class Decisions:
         self.ct_allowed = np.zeros(capacity, dtype=bool)
         self.ct_reject = np.zeros(capacity, dtype=bool)
         self.ct_view = np.zeros(capacity, dtype=META_DTYPE)
+        # A hairpinned packet's first record (``firewall-out``'s, as it left its tenant),
+        # kept when ``firewall-in`` writes its own: both are tracked. Zone -1: none.
+        self.ct_first_zone = np.full(capacity, -1, dtype=np.int32)
+        self.ct_first_allowed = np.zeros(capacity, dtype=bool)
+        self.ct_first_view = np.zeros(capacity, dtype=META_DTYPE)
 
     def reset(self, rows: np.ndarray) -> None:
         self.actions[rows] = np.zeros(1, dtype=ACTION_DTYPE)[0]
@@ -151,6 +156,7 @@ class Decisions:
         self.binding[rows] = -1
         self.conn[rows] = -1
         self.ct_zone[rows] = -1
+        self.ct_first_zone[rows] = -1
 
     def no_cache(self, rows: np.ndarray) -> None:
         """These rows' decisions hold for this packet only: keep them out of the cache."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -27,3 +29,11 @@ def _checksums_valid(pkt: Packet) -> None:
 @pytest.fixture
 def checksums_valid() -> Callable[[Packet], None]:
     return _checksums_valid
+
+
+# The gateway scenario tests share ``gatewaynet.py`` (the example network and a driver):
+# the suite runs with ``--import-mode=importlib``, which puts no test directory on
+# ``sys.path``, so this one is added for ``from gatewaynet import ...``.
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)

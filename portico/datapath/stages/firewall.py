@@ -42,7 +42,11 @@ re-decides the flows of that tenant and direction on their next packet, and
 leaves every other tenant's cached flows alone. The connection's slot goes in
 ``decided.conn``; cache hits refresh it (``ConnTrack.touch``), so a
 connection the cache forwards stays alive, and TCP SYN/FIN/RST always come
-through here (the datapath sends them down the miss path).
+through here (the datapath sends them down the miss path). A cached decision
+holds only while its connection is open (``Gateway``'s hit check: a SYN's
+entry says nothing for the rest of the handshake, a FIN's or RST's ends the
+entries of the connection), and a refusal for want of a connection is not
+cached: the packet is the reply of the one the other side may open next.
 """
 
 from __future__ import annotations
@@ -190,9 +194,16 @@ class Firewall:
                 now_refused = refused[~known]
                 answered = now_refused[reject[now_refused]]
                 meta["drop"][rows[now_refused[~reject[now_refused]]]] = FirewallDrop.DENIED
+                # Refused while no connection knows it: one may open (see ConnTrackPass).
+                decided.no_cache(rows[now_refused])
                 if len(answered):
                     self.answers.reject(meta, rows[answered], view[answered], decided)
                     decision[answered] = DONE
+        if self.direction is Direction.INGRESS:
+            hairpin = rows[decided.ct_zone[rows] >= 0]  # firewall-out recorded it first
+            decided.ct_first_zone[hairpin] = decided.ct_zone[hairpin]
+            decided.ct_first_allowed[hairpin] = decided.ct_allowed[hairpin]
+            decided.ct_first_view[hairpin] = decided.ct_view[hairpin]
         decided.ct_zone[rows] = zones
         decided.ct_allowed[rows] = allowed
         decided.ct_reject[rows] = reject
@@ -263,8 +274,11 @@ class ConnTrackPass:
     packet verdicts (``invalid``, a refused packet of a known connection) are not
     cached: the next packet of the flow may be fine.
 
-    A hairpinned packet crosses both places; the second record (``firewall-in``,
-    the receiving tenant's) is the one tracked.
+    A hairpinned packet crosses both places, and both records are tracked, the
+    sender's (``firewall-out``) just before the receiver's (``firewall-in``): each
+    direction of a hairpinned connection is the reply of the other direction's
+    other record (the server answers the address it saw, and the client sees the
+    public service), and it passes when both do.
     """
 
     NAME: ClassVar[str] = "conntrack"
@@ -282,7 +296,12 @@ class ConnTrackPass:
         zones = decided.ct_zone[rows].astype(np.int64)
         allowed = decided.ct_allowed[rows]
         reject = decided.ct_reject[rows]
-        outcome, slots = self.conns.process(decided.ct_view, rows, zones, allowed)
+        first = decided.ct_first_zone[rows] >= 0
+        if first.any():
+            outcome, slots, first_outcome = self._track_hairpins(rows, first, decided)
+        else:
+            outcome, slots = self.conns.process(decided.ct_view, rows, zones, allowed)
+            first_outcome = outcome
         errors = np.flatnonzero(_icmp_errors(decided.ct_view[rows]))
         if len(errors):  # related: an error passes when the flow it quotes is tracked
             quoted = _quoted(decided.ct_view[rows[errors]], decided.quote[rows[errors]])
@@ -297,11 +316,41 @@ class ConnTrackPass:
         meta["drop"][rows[refused & ~reject]] = FirewallDrop.DENIED
         meta["drop"][rows[outcome == Outcome.INVALID]] = FirewallDrop.INVALID
         meta["drop"][rows[outcome == Outcome.TABLE_FULL]] = FirewallDrop.CONNTRACK_FULL
+        if first.any():  # a hairpin its sender's record refuses
+            o = first_outcome
+            ok = ((o == Outcome.NEW) | (o == Outcome.REPLY)
+                  | (((o == Outcome.ESTABLISHED) | (o == Outcome.UNTRACKED))
+                     & decided.ct_first_allowed[rows]))
+            lost = first & ~ok & (meta["drop"][rows] == 0)
+            meta["drop"][rows[lost]] = np.where(o[lost] == Outcome.INVALID,
+                                                FirewallDrop.INVALID, FirewallDrop.DENIED)
+            decided.no_cache(rows[lost])
         answered = refused & reject
         if answered.any():
             self.answers.reject(meta, rows[answered], decided.ct_view[rows[answered]], decided)
         known = (outcome == Outcome.ESTABLISHED) | (outcome == Outcome.REPLY)
+        # DENIED too: refused for want of a connection, which the other side may open
+        # next (its packet the reply this one then is); no tag would say so to the cache.
         decided.no_cache(rows[(known & refused) | (outcome == Outcome.INVALID)
-                              | (outcome == Outcome.TABLE_FULL)])
+                              | (outcome == Outcome.DENIED) | (outcome == Outcome.TABLE_FULL)])
         tracked = slots >= 0
         decided.conn[rows[tracked]] = slots[tracked]
+
+    def _track_hairpins(self, rows: np.ndarray, first: np.ndarray,
+                        decided: Decisions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Track every row's record, with each hairpin's first record just before its
+        own; the rows' outcomes and slots, and the first records' outcomes (per row)."""
+        at = np.arange(len(rows)) + np.cumsum(first)  # each row's record in the sequence
+        before = at[first] - 1  # the first records, just before theirs
+        n = len(rows) + len(before)
+        view = np.empty(n, dtype=decided.ct_view.dtype)
+        zones = np.empty(n, dtype=np.int64)
+        allowed = np.empty(n, dtype=bool)
+        view[at], view[before] = decided.ct_view[rows], decided.ct_first_view[rows[first]]
+        zones[at], zones[before] = decided.ct_zone[rows], decided.ct_first_zone[rows[first]]
+        allowed[at] = decided.ct_allowed[rows]
+        allowed[before] = decided.ct_first_allowed[rows[first]]
+        outcome, slots = self.conns.process(view, np.arange(n), zones, allowed)
+        first_outcome = np.full(len(rows), Outcome.NEW, dtype=outcome.dtype)
+        first_outcome[first] = outcome[before]
+        return outcome[at], slots[at], first_outcome
