@@ -187,34 +187,13 @@ def bench_config() -> Any:
 
 
 def make_gateway(flows: int, *, headroom: int = 1, seed: int = 5) -> Any:
-    """``Gateway(BENCH_CONFIG, flows=headroom * flows)`` (its flow cache sized for that
-    many) with NAT and conntrack sized for ``flows``.
-
-    ``Gateway`` makes both tables with their default capacity (65,536); larger
-    ones are built here and put where the gateway's stages hold them.
-    """
-    from portico.datapath.conntable import ConnTrack
+    """``Gateway(BENCH_CONFIG)`` with its flow cache sized for ``headroom * flows`` and
+    its NAT and connection tables for ``flows`` (at least 65,536)."""
     from portico.datapath.gateway import Gateway
-    from portico.datapath.nat import NatTable
 
-    gateway = Gateway(bench_config(), flows=headroom * flows, seed=seed)
     capacity = max(flows, 1 << 16)
-    if capacity <= min(gateway.nat.capacity, gateway.conns.capacity):
-        return gateway
-    old_nat, old_conns = gateway.nat, gateway.conns
-    nat = NatTable(old_nat.pools, capacity=capacity, timeouts=old_nat.timeouts, seed=seed)
-    conns = ConnTrack(capacity=capacity, timeouts=old_conns.timeouts, seed=seed)
-    gateway.nat, gateway.conns = nat, conns
-    swaps = {"table": (old_nat, nat), "nat": (old_nat, nat), "conns": (old_conns, conns)}
-    for stage in [*gateway.pipeline.stages, *gateway.pipeline.finishers]:
-        for attribute, (old, new) in swaps.items():
-            if getattr(stage, attribute, None) is old:
-                setattr(stage, attribute, new)
-        left = [name for name, value in vars(stage).items() if value is old_nat
-                or value is old_conns]
-        if left:
-            raise RuntimeError(f"make_gateway: {type(stage).__name__} still holds {left}")
-    return gateway
+    return Gateway(bench_config(), flows=headroom * flows, seed=seed, connections=capacity,
+                   bindings=capacity)
 
 
 def drive(gateway: Any, cut: Sequence[Any], nows: Sequence[int]) -> None:

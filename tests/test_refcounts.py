@@ -201,7 +201,8 @@ def kernels() -> dict[str, tuple[Any, tuple[Any, ...]]]:
     return {
         "parse": (parse_rows, (data, meta, 64, True)),
         "triage": (datapath._triage, (meta, 64, rows, rows, 1500)),
-        "flowcache lookup": (flowcache._lookup, (meta, rows, now, *table)),
+        "flowcache lookup": (flowcache._lookup, (meta, rows, now, *table, ct.conns,
+                                                 np.zeros(256, np.bool_))),
         "flowcache insert": (flowcache._insert, (meta, rows, np.zeros(8, np.int32),
                                                  np.zeros((8, MAX_TAGS), np.uint32), now, *table)),
         "flowcache expire": (flowcache._expire, (now, *table)),

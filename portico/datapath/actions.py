@@ -27,8 +27,9 @@ A VLAN push moves only the two MAC addresses four bytes into the headroom and
 writes the tag behind them; the rest of the packet stays where it is, so the
 absolute header offsets in the metadata remain right.
 
-Address rewrites are IPv4 only for now (NAT64 and NPTv6 would add IPv6
-fields); a row whose packet does not have what an operation needs (a port
+Address and port rewrites are IPv4 only for now (NAT64 and NPTv6 would add
+IPv6 fields); DEC_TTL decrements an IPv6 hop limit too (no checksum covers
+it). A row whose packet does not have what an operation needs (a port
 rewrite on a non-first fragment, a TTL decrement on a non-IP packet) is
 dropped with a named reason rather than half-rewritten.
 """
@@ -44,6 +45,7 @@ from numba import njit
 from portico import drops
 from portico.batch import Batch
 from portico.packet.checksum import update16, update32
+from portico.packet.ipv6 import IPv6
 
 
 class Op(IntFlag):
@@ -103,6 +105,8 @@ SET_SPORT, SET_DPORT, DEC_TTL = int(Op.SET_SPORT), int(Op.SET_DPORT), int(Op.DEC
 SET_ETH_SRC, SET_ETH_DST, PUSH_VLAN = int(Op.SET_ETH_SRC), int(Op.SET_ETH_DST), int(Op.PUSH_VLAN)
 OUTPUT, DROP = int(Op.OUTPUT), int(Op.DROP)
 IP_OPS = SET_IP_SRC | SET_IP_DST | DEC_TTL | SET_SPORT | SET_DPORT
+IP6_HOPS = IPv6.at("hop_limit").offset
+IP4_OPS = IP_OPS & ~DEC_TTL  # rewrites IPv4 only; DEC_TTL also takes an IPv6 hop limit
 PORT_OPS = SET_SPORT | SET_DPORT
 
 
@@ -294,7 +298,8 @@ def apply_kernel(data, meta, rows, action_ids, records, count):  # type: ignore[
         if ops & POP_VLAN and m.vlan_count == 0:
             m.drop = D_NO_VLAN
             continue
-        if ops & IP_OPS and (m.ip_version != 4 or m.l3 < 0):
+        if ops & IP_OPS and (m.l3 < 0 or (ops & IP4_OPS and m.ip_version != 4)
+                             or m.ip_version == 0):
             m.drop = D_NOT_IPV4
             continue
         proto = np.int64(m.protocol)
@@ -321,7 +326,10 @@ def apply_kernel(data, meta, rows, action_ids, records, count):  # type: ignore[
             m.vlan_inner = 0
         l3 = np.int64(m.l3)
         l4 = np.int64(m.l4)
-        if ops & IP_OPS:
+        if ops & DEC_TTL and m.ip_version == 6:  # the hop limit; no header checksum
+            data[i, l3 + IP6_HOPS] -= 1
+            m.ttl -= 1
+        elif ops & IP_OPS:
             ip_sum = _get16(data, i, l3 + 10)
             l4_at = -1
             if has_ports:

@@ -41,7 +41,11 @@ Arrays
   ``conntrack.State``, uint8) and ``next``, the free-list link. A connection's
   index in it, its *slot*, is what ``process`` returns and what the caller may
   keep (in a flow-cache entry) to ``touch`` it later. ``state == NONE`` marks a
-  free record.
+  free record. ``gen`` counts the connections a record has held (it goes up when
+  a connection is made in it, or a closed one's tuple opens again), so whoever
+  kept a slot can tell its connection from a later one in the same record: the
+  flow cache treats an entry as a miss unless its slot still holds the
+  generation it saw, in an open state.
 * ``ht``: the hash table, ``(hash, slot)`` pairs, slot -1 = empty, a power of two
   at least twice the capacity (load <= 0.5). Linear probing; deletion by
   backward shift (an entry further down the run moves into the hole when that
@@ -182,9 +186,9 @@ class Counter(IntEnum):
 CONN_DTYPE = np.dtype(
     {
         "names": ["k0", "src_hi", "src_lo", "dst_hi", "dst_lo", "expiry", "hash", "next",
-                  "state"],
-        "formats": ["u8", "u8", "u8", "u8", "u8", "i8", "i8", "i4", "u1"],
-        "offsets": [0, 8, 16, 24, 32, 40, 48, 56, 60],
+                  "state", "gen"],
+        "formats": ["u8", "u8", "u8", "u8", "u8", "i8", "i8", "i4", "u1", "u2"],
+        "offsets": [0, 8, 16, 24, 32, 40, 48, 56, 60, 62],
         "itemsize": 64,
     }
 )
@@ -420,6 +424,8 @@ def _process(meta, rows, zones, allowed, now, outcome, slots, conns, ht, ctl):  
                     x.state = nxt
                     x.expiry = ts + ctl[C_TIMEOUTS + cls * N_STATES + nxt]
                     out = O_NEW if v == V_NEW else O_ESTABLISHED + d
+                    if v == V_NEW:  # a closed connection's tuple opened again: a new one
+                        x.gen = np.uint16((np.int64(x.gen) + 1) & 0xFFFF)
             elif VERDICTS[S_NONE, 0, ev] != V_NEW:
                 out = O_INVALID
             elif not go:
@@ -433,6 +439,7 @@ def _process(meta, rows, zones, allowed, now, outcome, slots, conns, ht, ctl):  
                     c = ctl[C_FREE]
                     x = conns[c]
                     ctl[C_FREE] = x.next
+                    x.gen = np.uint16((np.int64(x.gen) + 1) & 0xFFFF)  # a new connection here
                     x.k0 = fwd
                     x.src_hi = s_hi
                     x.src_lo = s_lo

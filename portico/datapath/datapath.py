@@ -31,7 +31,8 @@ refused by its entry from then on, with the same reason counted. (Unless a
 stage says the decision holds for the packet only, ``Decisions.no_cache``: a
 drop that rests on state no tag follows, such as a missing NAT binding or a
 missing connection. State of that kind behind a forwarding decision, a TCP
-connection's, is the ``check_hits`` hook's to verify on every hit.)
+connection's, the cache checks on every hit: an entry keeps the connection
+slot and generation its decision rests on, ``decided.conn``/``conn_gen``.)
 """
 
 from __future__ import annotations
@@ -74,20 +75,6 @@ class HoldHandler(Protocol):
     """Takes the rows a stage held for a neighbour (``decided.hold`` says which)."""
 
     def __call__(self, batch: Batch, rows: np.ndarray, decided: Decisions) -> None: ...
-
-
-class HitHandler(Protocol):
-    """Told which cache entries just forwarded packets, to keep their state alive."""
-
-    def __call__(self, entries: np.ndarray, hit: np.ndarray, now: int) -> None: ...
-
-
-class HitCheck(Protocol):
-    """Says which of the entries a lookup found still hold, when a decision rests on
-    state that changes without a tag (a TCP connection's state): a mask over ``found``.
-    The others are misses: their packets run the stages."""
-
-    def __call__(self, entries: np.ndarray, found: np.ndarray) -> np.ndarray: ...
 
 
 class TagSource(Protocol):
@@ -154,8 +141,7 @@ class Datapath:
     def __init__(self, pipeline: Pipeline, *, cache: FlowCache | None,
                  actions: ActionTable | None = None, topology: Topology | None = None,
                  tag_sources: Sequence[TagSource] = (), min_mtu: int = 65535,
-                 on_hold: HoldHandler | None = None, on_hits: HitHandler | None = None,
-                 check_hits: HitCheck | None = None) -> None:
+                 on_hold: HoldHandler | None = None) -> None:
         self.pipeline = pipeline
         self.cache = cache
         self.actions = actions if actions is not None else ActionTable()
@@ -163,8 +149,6 @@ class Datapath:
         self.tag_sources = tuple(tag_sources)
         self.min_mtu = min_mtu
         self.on_hold = on_hold
-        self.on_hits = on_hits
-        self.check_hits = check_hits
         self.counters = {"packets": 0, "hits": 0, "misses": 0, "forced": 0, "uncacheable": 0}
         self._decided: Decisions | None = None
 
@@ -199,10 +183,6 @@ class Datapath:
         n_candidates, n_forced = _triage(meta, count, candidates, misses, self.min_mtu)
         candidates = candidates[:n_candidates]
         entries = self.cache.lookup(meta, candidates, now)
-        if self.check_hits is not None:
-            found = np.flatnonzero(entries >= 0)
-            if len(found):
-                entries[found[~self.check_hits(self.cache.entries, entries[found])]] = -1
         hit_rows = np.empty(n_candidates, dtype=np.int64)
         hit_ids = np.empty(n_candidates, dtype=np.int64)
         n_hit, n_miss = _split_hits(entries, candidates, self.cache.entries["action"], hit_rows,
@@ -210,8 +190,6 @@ class Datapath:
         self.counters["forced"] += n_forced
         self.counters["hits"] += n_hit
         self.counters["misses"] += n_miss
-        if n_hit and self.on_hits is not None:
-            self.on_hits(self.cache.entries, entries[entries >= 0], now)
         if n_miss:
             # In arrival order, as without the cache: stages that hand out state (NAT
             # ports, connections) must meet the rows in the same order either way.
@@ -268,5 +246,6 @@ class Datapath:
                 entries = self.cache.entries
                 entries["nat_binding"][made[ok]] = decided.binding[keep[ok]]
                 entries["conn"][made[ok]] = decided.conn[keep[ok]]
+                entries["conn_gen"][made[ok]] = decided.conn_gen[keep[ok]]
         # The stages' drops are already on the rows; apply leaves dropped rows alone.
         return action_ids

@@ -129,6 +129,19 @@ changed. Two ways to say "these entries are no longer trusted":
   change. This is how the classifier's versioning turns a rule change into a
   precise invalidation instead of a flush.
 
+Entries that rest on a connection
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+A stateful firewall's decision holds while the connection it was made for is
+open: a TCP flow's SYN decided nothing for the ACK of its handshake, and after
+a FIN or an RST its packets are connection tracking's to judge again. So an
+entry may name a connection: ``conn`` (a slot in the ``connections`` array
+given to the constructor, -1 for none) and ``conn_gen`` (the slot's ``gen``
+when the decision was made). A lookup that finds such an entry reads the
+slot (prefetched with the entry) and treats the hit as a miss unless the slot
+still holds that generation and its ``state`` is one of ``open_states``; the
+entry itself stays, and the flow's next decision replaces it. One load of a
+record the prefetch already asked for, instead of a pass over the hits.
+
 Counters
 ~~~~~~~~
 hits, misses (lookups), insertions (new entries), evictions (a live entry
@@ -156,6 +169,8 @@ from numba import njit
 from numpy.lib import recfunctions
 from numpy.typing import ArrayLike
 
+from portico.prefetch import prefetch
+
 SECOND = 1_000_000_000  # ns
 
 WAYS = 8  # slots per bucket
@@ -178,6 +193,7 @@ ENTRY_DTYPE = np.dtype(
             "nat_binding",
             "tcp_state",
             "conn",
+            "conn_gen",
         ],
         "formats": [
             *(["u8"] * KEY_WORDS),
@@ -191,6 +207,7 @@ ENTRY_DTYPE = np.dtype(
             "i4",
             "u1",
             "i4",
+            "u2",
         ],
         "offsets": [
             *(8 * w for w in range(KEY_WORDS)),
@@ -204,8 +221,9 @@ ENTRY_DTYPE = np.dtype(
             112,
             116,
             120,
+            124,
         ],
-        "itemsize": 128,  # two cache lines; bytes 117-119 and 124-127 spare
+        "itemsize": 128,  # two cache lines; bytes 117-119 and 126-127 spare
     }
 )
 BYTES_PER_SLOT = ENTRY_DTYPE.itemsize + 4  # the record and its signature
@@ -248,6 +266,9 @@ def capacity_for(flows: int) -> int:
     need = max(WAYS, 2 * flows)
     return 1 << (need - 1).bit_length()
 
+
+# What a cache without connections passes for them (entries never name one).
+_NO_CONNECTIONS = np.dtype([("state", "u1"), ("gen", "u2")])
 
 # ctl: one int64 array with the table's parameters and counters (one kernel argument).
 GEN = 0  # current generation (a uint32's value)
@@ -423,7 +444,7 @@ def flow_keys(meta, rows, ctl):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _lookup(meta, rows, now, sig, entries, ctl):  # type: ignore[no-untyped-def]
+def _lookup(meta, rows, now, sig, entries, ctl, conns, open_state):  # type: ignore[no-untyped-def]
     # Three passes, so that a large table's cache misses overlap instead of queueing:
     # each pass's loads are independent of each other, and the next pass finds them
     # in cache (see "Lookup and insert").
@@ -452,6 +473,7 @@ def _lookup(meta, rows, now, sig, entries, ctl):  # type: ignore[no-untyped-def]
         if e >= 0:
             touch += entries[e].k0 + entries[e].hash
             touch += np.uint64(entries[e].last_seen)
+            prefetch(conns, max(entries[e].conn, 0))
     hits = 0
     for i in range(n):  # 3: compare whole keys, check staleness, count
         r = rows[i]
@@ -466,7 +488,14 @@ def _lookup(meta, rows, now, sig, entries, ctl):  # type: ignore[no-untyped-def]
         if e >= 0:
             x = entries[e]
             why = _staleness(x, now, gen, idle)
-            if why == _LIVE:
+            c = np.int64(x.conn)
+            closed = False
+            if c >= 0:  # the decision rests on a connection: it must still be that one, open
+                conn = conns[c]
+                closed = conn.gen != x.conn_gen or not open_state[conn.state]
+            if closed and why == _LIVE:
+                e = -1  # kept: the flow's next decision replaces it
+            elif why == _LIVE:
                 x.last_seen = now
                 x.packets += 1
                 x.bytes += meta[r].length
@@ -549,6 +578,7 @@ def _insert(meta, rows, actions, tags, now, sig, entries, ctl):  # type: ignore[
             x.tcp_state = 0
             x.nat_binding = NO_BINDING
             x.conn = -1
+            x.conn_gen = 0
             ctl[_INSERTIONS] += 1
         x.generation = gen
         x.action = actions[i]
@@ -634,6 +664,8 @@ class FlowCache:
         *,
         idle_timeout: int = 10 * SECOND,
         seed: int | None = None,
+        connections: np.ndarray | None = None,
+        open_states: ArrayLike = (),
     ) -> None:
         if capacity < WAYS or capacity & (capacity - 1):
             raise ValueError(f"capacity must be a power of two >= {WAYS}, got {capacity}")
@@ -645,6 +677,11 @@ class FlowCache:
         self._ctl[GEN] = 1
         self._ctl[IDLE] = idle_timeout
         self._ctl[MASK] = capacity // WAYS - 1
+        # Connections entries may rest on (see "Entries that rest on a connection").
+        self.connections = (connections if connections is not None
+                            else np.zeros(1, dtype=_NO_CONNECTIONS))
+        self.open_states = np.zeros(256, dtype=np.bool_)
+        self.open_states[np.asarray(open_states, dtype=np.intp)] = True
         rng = np.random.default_rng(int.from_bytes(os.urandom(8)) if seed is None else seed)
         self._ctl[LANE : LANE + KEY_WORDS] = rng.integers(
             np.iinfo(np.int64).min, np.iinfo(np.int64).max, KEY_WORDS, dtype=np.int64
@@ -715,7 +752,8 @@ class FlowCache:
 
         ``meta`` is a Batch's whole ``meta`` array, ``rows`` an intp array of its rows.
         """
-        return _lookup(meta, rows, now, self.sig, self.entries, self._ctl)  # type: ignore[no-any-return]
+        return _lookup(meta, rows, now, self.sig, self.entries, self._ctl,  # type: ignore[no-any-return]
+                       self.connections, self.open_states)
 
     def insert(
         self,

@@ -62,7 +62,8 @@ from portico.datapath.stages.route import Route, RouteDrop
 from portico.datapath.stages.switch import L2Switch
 from portico.datapath.topology import compile_topology
 
-DEAD_CONN = -2  # a cache entry's ``conn``: its connection closed, the entry holds no more
+KEEP_ALIVE = SECOND  # how often flows the cache forwards refresh their NAT/conntrack state
+SWEEP = SECOND  # how often learned neighbours are checked for expiry
 
 
 class Gateway:
@@ -70,7 +71,10 @@ class Gateway:
 
     def __init__(self, config: Config, *, cache: bool = True, flows: int = 1 << 16,
                  idle_timeout: float = 60.0, generation: int = 1, seed: int | None = None,
-                 slot_size: int | None = None) -> None:
+                 slot_size: int | None = None, connections: int | None = None,
+                 bindings: int | None = None) -> None:
+        """``flows`` sizes the flow cache; ``connections`` and ``bindings`` (the
+        connection table and the NAT's binding table) default to as many, at least 65,536."""
         self.config = config
         self.topology = compile_topology(config, generation=generation)
         self.routing = compile_routing(config, self.topology)
@@ -82,8 +86,9 @@ class Gateway:
         self.pending = PendingQueue(**({} if slot_size is None else {"slot_size": slot_size}))
         pools = [p for t in config.tenants.values() if (p := t.router.nat.pool(t.id)) is not None]
         statics = [s for t in config.tenants.values() for s in t.router.nat.static_mappings(t.id)]
-        self.nat = NatTable(pools, statics=statics, seed=seed)
-        self.conns = ConnTrack(seed=seed)
+        self.nat = NatTable(pools, statics=statics, seed=seed,
+                            capacity=bindings or max(flows, 1 << 16))
+        self.conns = ConnTrack(seed=seed, capacity=connections or max(flows, 1 << 16))
         self.firewalls = Firewalls(config)
         t = self.topology
         route = Route("route", t, self.routing, self.neighbours, self.macs)
@@ -99,19 +104,30 @@ class Gateway:
         ]
         self.pipeline = Pipeline(stages, entry="ingress",
                                  finishers=[ConnTrackPass(self.conns, answers)])
+        # A cached decision that rests on a connection holds while it is open: established,
+        # or a datagram flow's (NEW until its first reply).
         self.cache = (FlowCache(capacity_for(flows), idle_timeout=round(idle_timeout * SECOND),
-                                seed=seed) if cache else None)
+                                seed=seed, connections=self.conns.conns,
+                                open_states=(State.ESTABLISHED, State.NEW)) if cache else None)
         mtus = [port.mtu for port in config.ports.values()]
         self.datapath = Datapath(self.pipeline, cache=self.cache, topology=t,
                                  tag_sources=(self.macs, self.neighbours),
-                                 min_mtu=min(mtus, default=65535), on_hold=self._hold,
-                                 on_hits=self._touch, check_hits=self._still_open)
+                                 min_mtu=min(mtus, default=65535), on_hold=self._hold)
         self.counters = {"held": 0, "hold-refused": 0, "solicitations": 0, "released": 0}
+        self._kept_alive = -(1 << 62)
+        self._swept = -(1 << 62)
 
     # ---------------------------------------------------------------- per batch
     def process(self, batch: Batch, now: int) -> list[Batch]:
         """Run ``batch``; return the batches the gateway sends because of it."""
         self.datapath.process(batch, now)
+        if self.cache is not None and now - self._kept_alive >= KEEP_ALIVE:
+            self._keep_alive(now)
+        if now - self._swept >= SWEEP:
+            self.neighbours.expire(now)
+            self._swept = now
+        if not len(self.pending):
+            return []
         sent: list[Batch] = []
         released = self.pending.release_resolved(self.neighbours, now)
         if released is not None and released.count:
@@ -119,7 +135,6 @@ class Gateway:
             self.datapath.process(released, now)
             sent.append(released)
         self.pending.expire(now)
-        self.neighbours.expire(now)
         asks = self.pending.solicit(now)
         if asks:
             solicitations = self._solicitations(asks)
@@ -141,27 +156,22 @@ class Gateway:
             self.counters["hold-refused"] += int((~accepted).sum())
             batch.meta["drop"][rows[sel][~accepted]] = RouteDrop.QUEUE_FULL
 
-    def _still_open(self, entries: np.ndarray, found: np.ndarray) -> np.ndarray:
-        """A cached decision that rests on a connection holds while the connection is
-        open (established, or a datagram flow's): a TCP flow's SYN decided nothing for
-        its handshake's ACK, and after a FIN or RST its packets are conntrack's to judge
-        again. An entry found wanting is marked dead (``DEAD_CONN``) until a fresh
-        decision replaces it, so a later connection in its slot cannot revive it."""
-        conns = entries["conn"][found]
-        ok = conns == -1  # no connection: nothing to check
-        tracked = conns >= 0
-        state = self.conns.conns["state"][conns[tracked]]
-        ok[tracked] = (state == State.ESTABLISHED) | (state == State.NEW)
-        entries["conn"][found[~ok]] = DEAD_CONN
-        return ok
-
-    def _touch(self, entries: np.ndarray, hit: np.ndarray, now: int) -> None:
-        """Hits keep their flows' bindings and connections alive."""
-        bindings = entries["nat_binding"][hit]
+    def _keep_alive(self, now: int) -> None:
+        """Flows the cache forwarded since the last sweep keep their NAT bindings and
+        connections alive: one pass over the cache a ``KEEP_ALIVE`` interval, instead
+        of a gather per hit (the shortest timeout it must beat is ICMP's 60 s)."""
+        assert self.cache is not None
+        used = self.cache.used_since(self._kept_alive)
+        entries = self.cache.entries
+        bindings = entries["nat_binding"][used]
         self.nat.touch(bindings[bindings >= 0], now)
-        conns = entries["conn"][hit]
-        if (conns >= 0).any():
-            self.conns.touch(conns[conns >= 0].astype(np.int64), now)
+        conns = entries["conn"][used]
+        gens = entries["conn_gen"][used]
+        mine = conns >= 0
+        conns, gens = conns[mine].astype(np.int64), gens[mine]
+        same = self.conns.conns["gen"][conns] == gens  # not a later connection in the slot
+        self.conns.touch(conns[same], now)
+        self._kept_alive = now
 
     def _solicitations(self, asks: list[NeighbourKey]) -> Batch:
         """An ARP request / NS for each neighbour, out of every attachment of its segment."""

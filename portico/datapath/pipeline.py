@@ -132,6 +132,7 @@ class Decisions:
         self.hold = np.zeros(capacity, dtype=HOLD_DTYPE)
         self.binding = np.full(capacity, -1, dtype=np.int64)
         self.conn = np.full(capacity, -1, dtype=np.int64)
+        self.conn_gen = np.zeros(capacity, dtype=np.uint16)
         # What a firewall place asks connection tracking to decide after the stages.
         self.ct_zone = np.full(capacity, -1, dtype=np.int32)
         self.ct_allowed = np.zeros(capacity, dtype=bool)
@@ -155,6 +156,7 @@ class Decisions:
         self.hold["version"][rows] = 0
         self.binding[rows] = -1
         self.conn[rows] = -1
+        self.conn_gen[rows] = 0
         self.ct_zone[rows] = -1
         self.ct_first_zone[rows] = -1
 

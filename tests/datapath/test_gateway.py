@@ -424,11 +424,6 @@ def test_ipv6_unresolved_neighbour_is_solicited(checksums_valid):
     assert p[ICMPv6NDOptSrcLLAddr].lladdr == ROUTER_DMZ_MAC
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "routed IPv6 is dropped 'not-ipv4': the route stage records DEC_TTL for every routed "
-    "packet, and actions.apply_kernel counts DEC_TTL among the IPv4-only ops (IP_OPS), so "
-    "it refuses IPv6 rows instead of decrementing the hop limit; the fix belongs in "
-    "portico/datapath/actions.py (outside this change)"))
 def test_ipv6_routed_between_segments(checksums_valid):
     n = Net(gateway(variant(with_dmz)), checksums_valid)
     sent = from_a(IPv6(src=CLIENT6, dst=DMZ_HOST6) / UDP(sport=1, dport=2))

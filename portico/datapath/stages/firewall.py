@@ -335,6 +335,7 @@ class ConnTrackPass:
                               | (outcome == Outcome.DENIED) | (outcome == Outcome.TABLE_FULL)])
         tracked = slots >= 0
         decided.conn[rows[tracked]] = slots[tracked]
+        decided.conn_gen[rows[tracked]] = self.conns.conns["gen"][slots[tracked]]
 
     def _track_hairpins(self, rows: np.ndarray, first: np.ndarray,
                         decided: Decisions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
