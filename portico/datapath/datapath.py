@@ -199,6 +199,27 @@ class Datapath:
         if n_hit:
             apply(batch, hit_rows[:n_hit], hit_ids[:n_hit], self.actions)
 
+    def compact_actions(self, slack: int = 4) -> bool:
+        """Forget actions no cache entry uses, once the table holds ``slack`` times more
+        than the entries do: NAT gives every flow an action of its own, so without this
+        the table would grow with every flow ever seen. Between batches only (ids held
+        by a batch in flight would dangle). Returns whether it compacted."""
+        entries = len(self.cache) if self.cache is not None else 0
+        if len(self.actions) <= slack * max(1024, entries):  # the cheap test first
+            return False
+        in_use = (np.unique(self.cache.entries["action"][self.cache.occupied()])
+                  if self.cache is not None else np.zeros(0, dtype=np.int64))
+        fresh = ActionTable(max(64, 2 * len(in_use)))
+        new_ids = fresh.add_records(self.actions.records[in_use])
+        if self.cache is not None:
+            remap = np.full(len(self.actions), -1, dtype=np.int64)
+            remap[in_use] = new_ids
+            occupied = self.cache.occupied()
+            entries = self.cache.entries
+            entries["action"][occupied] = remap[entries["action"][occupied]]
+        self.actions = fresh
+        return True
+
     def _answer_and_hold(self, batch: Batch, rows: np.ndarray) -> None:
         """The decisions that are not rewrites: answers built in place, packets held."""
         decided = self._decided

@@ -125,6 +125,7 @@ class Gateway:
             self._keep_alive(now)
         if now - self._swept >= SWEEP:
             self.neighbours.expire(now)
+            self.datapath.compact_actions()
             self._swept = now
         if not len(self.pending):
             return []

@@ -192,3 +192,30 @@ def test_arbitrary_bytes_never_break_the_datapath(junk: list[bytes], mutated: li
                     assert not drops.name(m["drop"][row]).startswith("unknown")
                 else:
                     assert m["out_port"][row] in (1, 2)
+
+
+def test_unused_actions_are_forgotten_and_cached_flows_keep_theirs() -> None:
+    """NAT gives each flow an action; the table must not keep those of flows gone."""
+    from portico.datapath.actions import Action
+
+    dp, _ = datapath(cached=True)
+    assert dp.cache is not None
+    for port in range(5000):  # actions of flows long gone
+        dp.actions.add(Action(ops=Op.SET_SPORT, sport=port + 1))
+
+    def flows() -> Batch:
+        return Batch.from_packets([bytes(Ether() / IP(src="10.0.0.1", dst="198.1.2.3")
+                                         / UDP(sport=1000 + k, dport=53)) for k in range(4)])
+
+    dp.process(flows(), now=1)
+    cached = {int(e): int(dp.cache.entries["action"][e]) for e in dp.cache.occupied()}
+    before = {e: dp.actions.records[a].tobytes() for e, a in cached.items()}
+    assert dp.compact_actions()
+    assert len(dp.actions) == len(set(cached.values())) == 4
+    after = {e: dp.actions.records[dp.cache.entries["action"][e]].tobytes() for e in cached}
+    assert after == before  # every cached flow still names the same action
+    again = flows()
+    dp.process(again, now=2)
+    assert dp.counters["hits"] == 4
+    assert again.meta["out_port"][:4].tolist() == [1] * 4
+    assert not dp.compact_actions()  # nothing more to forget
