@@ -204,8 +204,8 @@ class Datapath:
         than the entries do: NAT gives every flow an action of its own, so without this
         the table would grow with every flow ever seen. Between batches only (ids held
         by a batch in flight would dangle). Returns whether it compacted."""
-        entries = len(self.cache) if self.cache is not None else 0
-        if len(self.actions) <= slack * max(1024, entries):  # the cheap test first
+        cached = len(self.cache) if self.cache is not None else 0
+        if len(self.actions) <= slack * max(1024, cached):  # the cheap test first
             return False
         in_use = (np.unique(self.cache.entries["action"][self.cache.occupied()])
                   if self.cache is not None else np.zeros(0, dtype=np.int64))

@@ -86,7 +86,7 @@ class Gateway:
         self.pending = PendingQueue(**({} if slot_size is None else {"slot_size": slot_size}))
         pools = [p for t in config.tenants.values() if (p := t.router.nat.pool(t.id)) is not None]
         statics = [s for t in config.tenants.values() for s in t.router.nat.static_mappings(t.id)]
-        self.nat = NatTable(pools, statics=statics, seed=seed,
+        self.nat = NatTable(pools, statics=statics, seed=seed, tcp_syn_only=True,
                             capacity=bindings or max(flows, 1 << 16))
         self.conns = ConnTrack(seed=seed, capacity=connections or max(flows, 1 << 16))
         self.firewalls = Firewalls(config)

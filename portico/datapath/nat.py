@@ -56,6 +56,11 @@ Behaviour, and the requirement each piece implements
   query mappings"): an echo request's identifier (``sport`` in the metadata) is
   mapped exactly like a source port, from the same pool range, keyed by protocol
   1. Inbound only echo replies match; errors go through ``icmp_error_in``.
+* **Only a SYN makes a TCP binding** when ``tcp_syn_only`` is set (the
+  gateway sets it; RFC 5382 leaves it open, and a stateful firewall behind the
+  NAT would call any other segment without a connection invalid anyway): an
+  outbound TCP segment without SYN and without a binding fails ``NO_BINDING``
+  instead of taking a port it would hold for a connection that is not there.
 * **Timeouts** (``NatTimeouts``, validated against the RFC minimums): UDP 5
   min (RFC 4787 REQ-5: at least 2, 5 recommended); TCP 2 h 4 min once the
   connection is established and 4 min while it is transitory (RFC 5382 REQ-5,
@@ -138,6 +143,7 @@ from portico.datapath.actions import Action, Op
 
 SECOND = 1_000_000_000  # ns
 TCP, UDP, ICMP = 6, 17, 1
+TCP_SYN = 0x02
 ECHO_REPLY, ECHO_REQUEST = 0, 8
 
 
@@ -308,8 +314,8 @@ A_ADDR, A_POOL, A_USED = 0, 1, 2
 T_FWD, T_REV, T_PAIR = 0, 1, 2
 # ctl: parameters, free-list tops and counters, one int64 array.
 (C_SEED, C_SWEEP_IV, C_LAST_SWEEP, C_TO_TCP_EST, C_TO_TCP_TRANS, C_TO_UDP, C_TO_ICMP,
- C_IN_REFRESH, C_FREE_B, C_FREE_P, C_CURSOR) = range(11)
-C_COUNT = 11
+ C_IN_REFRESH, C_FREE_B, C_FREE_P, C_CURSOR, C_SYN_ONLY) = range(12)
+C_COUNT = 12
 CTL_SIZE = C_COUNT + len(Counter)
 
 R_NO_POOL, R_EXHAUSTED = int(NatDrop.NO_POOL), int(NatDrop.EXHAUSTED)
@@ -624,6 +630,10 @@ def _out_kernel(meta, rows, now, out, reasons, b, pairs, ht, free, pools, addrs,
             ctl[K_OUT_HITS] += 1
             out[k] = v
             continue
+        if proto == TCP and ctl[C_SYN_ONLY] and not m.tcp_flags & TCP_SYN:
+            reasons[k] = R_NO_BINDING  # only a SYN opens a TCP connection, and its binding
+            ctl[K_NO_BINDING] += 1
+            continue
         v, reason = _allocate(tenant, proto, iaddr, iport, now,
                               b, pairs, ht, free, pools, addrs, tpool, ctl)
         out[k] = v
@@ -729,6 +739,7 @@ class NatTable:
         capacity: int = 1 << 16,
         timeouts: NatTimeouts | None = None,
         inbound_refresh: bool = True,
+        tcp_syn_only: bool = False,
         sweep_interval: float = 1.0,
         seed: int | None = None,
     ) -> None:
@@ -793,6 +804,7 @@ class NatTable:
         ctl[C_TO_UDP] = round(timeouts.udp * SECOND)
         ctl[C_TO_ICMP] = round(timeouts.icmp * SECOND)
         ctl[C_IN_REFRESH] = int(inbound_refresh)
+        ctl[C_SYN_ONLY] = int(tcp_syn_only)
         ctl[C_FREE_B] = capacity
         ctl[C_FREE_P] = capacity
         self._ctl = ctl

@@ -116,6 +116,10 @@ class Decisions:
     rewritten after the actions (NAT's half of an error, ``icmp_quote``).
     ``domain`` is the routing domain (tenant id) a packet is in, once a stage
     moved it between domains (NAT into another tenant); -1 until then.
+    ``defer_drop`` records a drop a stage wants unless a finisher (connection
+    tracking) finds a reason of its own first: the finisher's verdict, when it
+    has one, names the drop better (an ACK with no binding is, first of all,
+    an ACK with no connection).
     ``binding`` (a NAT binding) and ``conn`` (a tracked connection) are the
     per-flow state a decision used, -1 for none: a cache entry keeps them so
     that hits keep them alive.
@@ -133,6 +137,7 @@ class Decisions:
         self.binding = np.full(capacity, -1, dtype=np.int64)
         self.conn = np.full(capacity, -1, dtype=np.int64)
         self.conn_gen = np.zeros(capacity, dtype=np.uint16)
+        self.deferred: list[tuple[np.ndarray, int, str]] = []  # (rows, reason, stage)
         # What a firewall place asks connection tracking to decide after the stages.
         self.ct_zone = np.full(capacity, -1, dtype=np.int32)
         self.ct_allowed = np.zeros(capacity, dtype=bool)
@@ -157,8 +162,13 @@ class Decisions:
         self.binding[rows] = -1
         self.conn[rows] = -1
         self.conn_gen[rows] = 0
+        self.deferred.clear()
         self.ct_zone[rows] = -1
         self.ct_first_zone[rows] = -1
+
+    def defer_drop(self, rows: np.ndarray, reason: int, stage: str) -> None:
+        """Drop ``rows`` for ``reason`` after the finishers, unless one drops them first."""
+        self.deferred.append((np.asarray(rows, dtype=np.int64), int(reason), stage))
 
     def no_cache(self, rows: np.ndarray) -> None:
         """These rows' decisions hold for this packet only: keep them out of the cache."""
@@ -321,6 +331,14 @@ class Pipeline:
                 for k in np.flatnonzero(batch.meta["trace"][gone] != 0):
                     self.trace.append(TraceLine(int(gone[k]), finisher.NAME, "drop: " + drops.name(
                         batch.meta["drop"][gone[k]])))
+        for deferred, code, owner in decided.deferred:  # what no finisher dropped
+            still = deferred[drop_column[deferred] == 0]
+            if len(still):
+                drop_column[still] = code
+                decided.no_cache(still)
+                counted = self.counters[owner]
+                reason = drops.name(code)
+                counted.drops[reason] = counted.drops.get(reason, 0) + len(still)
         return decided
 
     def _trace(self, batch: Batch, selected: np.ndarray, going: np.ndarray,

@@ -136,13 +136,9 @@ def test_mid_stream_ack_without_connection_is_invalid(checksums_valid, cache):
     assert n.gateway.conns.dump() == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "connection tracking runs after all the stages (ConnTrackPass, so that a batch is "
-    "tracked in arrival order), so nat-out has already allocated a binding when conntrack "
-    "finds the packet invalid; refusing it earlier (a peek in firewall-out, as is done for "
-    "rule refusals) would refuse a handshake's ACK whose SYN+ACK is in the same batch"))
 def test_an_invalid_packet_takes_no_binding(checksums_valid):
     n = net(checksums_valid)
+    # Only a SYN may make a TCP binding (nat-out); conntrack names the drop.
     out = n.one(from_a(tcp(CLIENT, OUTSIDE, 6000, 443, "A", seq=5, ack=5)))
     assert out.verdict() == ("drop", "invalid")
     assert [b for b in n.gateway.nat.live() if not b.static] == []

@@ -105,6 +105,13 @@ class Nat:
         now = int(view["timestamp"][sel].max())
         reasons = np.zeros(len(sel), dtype=np.int64)
         bindings = self.table.translate_out(view, sel, now, reasons=reasons)
+        # A TCP segment without SYN took no binding: conntrack will name it invalid if
+        # it belongs to no connection; if it does (its binding lost), no-binding.
+        unopened = (bindings < 0) & (reasons == NatDrop.NO_BINDING)
+        if unopened.any():
+            decided.defer_drop(rows[sel[unopened]], NatDrop.NO_BINDING, self.NAME)
+            keep = ~unopened
+            sel, bindings, reasons = sel[keep], bindings[keep], reasons[keep]
         self._record(batch, rows[sel], bindings, reasons, decided, outbound=True)
 
     def _in(self, batch: Batch, rows: np.ndarray, view: np.ndarray, decided: Decisions) -> None:
