@@ -190,14 +190,51 @@ class Datapath:
         self.counters["forced"] += n_forced
         self.counters["hits"] += n_hit
         self.counters["misses"] += n_miss
-        if n_miss:
+        hit_rows, hit_ids = hit_rows[:n_hit], hit_ids[:n_hit]
+        miss_rows = misses[:n_miss]
+        if n_hit and n_forced:
+            late = self._after_a_close(meta, misses[:n_forced], hit_rows,
+                                       entries[entries >= 0])
+            if late.any():  # they see the stages, in order with the close, as uncached
+                self.counters["hits"] -= int(late.sum())
+                self.counters["misses"] += int(late.sum())
+                miss_rows = np.concatenate([miss_rows, hit_rows[late]])
+                hit_rows, hit_ids = hit_rows[~late], hit_ids[~late]
+        if len(miss_rows):
             # In arrival order, as without the cache: stages that hand out state (NAT
             # ports, connections) must meet the rows in the same order either way.
-            miss_rows = np.sort(misses[:n_miss])
+            miss_rows = np.sort(miss_rows)
             apply(batch, miss_rows, self._stages(batch, miss_rows, now), self.actions)
             self._answer_and_hold(batch, miss_rows)
-        if n_hit:
-            apply(batch, hit_rows[:n_hit], hit_ids[:n_hit], self.actions)
+        if len(hit_rows):
+            apply(batch, hit_rows, hit_ids, self.actions)
+
+    def _after_a_close(self, meta: np.ndarray, forced: np.ndarray, hit_rows: np.ndarray,
+                       hit_entries: np.ndarray) -> np.ndarray:
+        """Which hits come after a FIN or RST, in the same batch, of the connection their
+        entry rests on. The lookups precede the stages, so those hits were found before
+        the close was tracked; they must see the stages after it, as they would have
+        without the cache. The close's connection is the one its own flow's entry names
+        (``peek``: the close itself is never looked up)."""
+        assert self.cache is not None
+        closing = forced[(meta["protocol"][forced] == 6)
+                         & ((meta["tcp_flags"][forced] & (FIN | RST)) != 0)]
+        if not len(closing):
+            return np.zeros(len(hit_rows), dtype=bool)
+        found = self.cache.peek(meta, closing)
+        conns = np.where(found >= 0, self.cache.entries["conn"][np.maximum(found, 0)], -1)
+        known = conns >= 0
+        if not known.any():
+            return np.zeros(len(hit_rows), dtype=bool)
+        first: dict[int, int] = {}  # connection -> the row of its first close in the batch
+        for conn, row in zip(conns[known].tolist(), closing[known].tolist(), strict=True):
+            first.setdefault(conn, row)
+        theirs = self.cache.entries["conn"][hit_entries].astype(np.int64)
+        late = np.isin(theirs, conns[known])
+        if late.any():  # closes are few: a dict lookup per candidate
+            idx = np.flatnonzero(late)
+            late[idx] = hit_rows[idx] > np.array([first[int(c)] for c in theirs[idx]])
+        return late
 
     def compact_actions(self, slack: int = 4) -> bool:
         """Forget actions no cache entry uses, once the table holds ``slack`` times more

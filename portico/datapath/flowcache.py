@@ -444,6 +444,21 @@ def flow_keys(meta, rows, ctl):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
+def _peek(meta, rows, sig, entries, ctl):  # type: ignore[no-untyped-def]
+    """The entry holding each row's key, current generation or not, or -1; no side effects."""
+    n = rows.shape[0]
+    out = np.empty(n, dtype=np.int64)
+    mask = np.uint64(ctl[MASK])
+    lanes = _lanes(ctl)
+    for i in range(n):
+        w0, w1, w2, w3, w4, w5, w6 = _key(meta, rows[i])
+        h = _hash(lanes, w0, w1, w2, w3, w4, w5, w6)
+        out[i] = _find(sig, entries, np.int64(h & mask) * WAYS, _signature(h),
+                       w0, w1, w2, w3, w4, w5, w6)
+    return out
+
+
+@njit(cache=True)
 def _lookup(meta, rows, now, sig, entries, ctl, conns, open_state):  # type: ignore[no-untyped-def]
     # Three passes, so that a large table's cache misses overlap instead of queueing:
     # each pass's loads are independent of each other, and the next pass finds them
@@ -754,6 +769,13 @@ class FlowCache:
         """
         return _lookup(meta, rows, now, self.sig, self.entries, self._ctl,  # type: ignore[no-any-return]
                        self.connections, self.open_states)
+
+    def peek(self, meta: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The entry holding each row's key (stale or not), or -1: no refresh, no count,
+        nothing freed. For rows that will not be looked up (the forced ones) but whose
+        entries matter (a FIN's: its connection's other packets in the batch)."""
+        return _peek(meta, np.asarray(rows, dtype=np.int64), self.sig, self.entries,  # type: ignore[no-any-return]
+                     self._ctl)
 
     def insert(
         self,

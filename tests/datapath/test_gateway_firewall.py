@@ -311,14 +311,7 @@ def test_after_a_reset_the_connection_takes_nothing_more(checksums_valid, cache)
         assert [o.verdict() for o in n.send(late)] == [("drop", "invalid")] * 2
 
 
-@pytest.mark.parametrize("cache", [
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=(
-        "a batch's cache lookups happen before any of its packets run the stages: a "
-        "packet of an established, cached connection that follows the connection's "
-        "RST (or FIN) in the same batch is forwarded by the entry made before it, "
-        "while without the cache conntrack refuses it; closing that needs the "
-        "datapath to send such packets down the miss path (a design change)"))),
-    False], ids=["cache", "no-cache"])
+@CACHE
 def test_a_reset_reaches_packets_of_its_own_batch(checksums_valid, cache):
     n = net(checksums_valid, cache=cache)
     handshake(n)
