@@ -116,6 +116,17 @@ def classify_rows(meta, rows, port_index, by_port_vlan, vni_keys, vni_attachment
         m.tenant = segment_tenant[segment]
 
 
+_ROWS = np.arange(1024, dtype=np.int64)
+
+
+def _every_row(count: int) -> np.ndarray:
+    """0..count-1, from one array kept for the purpose (grown when a batch is bigger)."""
+    global _ROWS
+    if count > len(_ROWS):
+        _ROWS = np.arange(2 * count, dtype=np.int64)
+    return _ROWS[:count]
+
+
 def _classify(batch: Batch, rows: np.ndarray, topology: Topology, *, drop: bool) -> np.ndarray:
     t = topology
     tunnelled = np.empty(len(rows), dtype=np.bool_)
@@ -126,14 +137,14 @@ def _classify(batch: Batch, rows: np.ndarray, topology: Topology, *, drop: bool)
 
 
 def classify(batch: Batch, topology: Topology) -> None:
-    """Fill ``tenant``/``segment``/``attachment`` for the batch's live rows; drop nothing.
+    """Fill ``tenant``/``segment``/``attachment`` for the batch's rows; drop nothing.
 
     For the datapath to run after parse and before the flow cache lookup (the
     cache keys on ``tenant``); the stage's drops are left to the stage, where
     they are counted.
     """
-    live = np.flatnonzero(batch.meta["drop"][: batch.count] == 0)
-    _classify(batch, live, topology, drop=False)
+    # Every row, dropped ones too (their columns are not read): no selection to build.
+    _classify(batch, _every_row(batch.count), topology, drop=False)
 
 
 class Ingress:
