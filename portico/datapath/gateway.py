@@ -30,7 +30,8 @@ connections alive (``_touch``): a flow the cache forwards never loses either.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from ipaddress import IPv4Address, IPv6Address, ip_network
+from copy import copy
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,7 @@ from portico.datapath.conntrack import State
 from portico.datapath.datapath import Datapath
 from portico.datapath.flowcache import SECOND, FlowCache, capacity_for
 from portico.datapath.mactable import MacTable
-from portico.datapath.nat import NatTable
+from portico.datapath.nat import NatTable, StaticMapping
 from portico.datapath.neighbours import NeighbourKey, NeighbourTable, PendingQueue
 from portico.datapath.pipeline import Decisions, Pipeline
 from portico.datapath.routing import RouteKind, compile_routing
@@ -69,28 +70,68 @@ SWEEP = SECOND  # how often learned neighbours are checked for expiry
 class Gateway:
     """A config's datapath: tables, learned state, stages, cache (see the module's docstring)."""
 
+    nat: NatTable
+    datapath: Datapath
+    _statics: list[StaticMapping]
+
     def __init__(self, config: Config, *, cache: bool = True, flows: int = 1 << 16,
                  idle_timeout: float = 60.0, generation: int = 1, seed: int | None = None,
                  slot_size: int | None = None, connections: int | None = None,
                  bindings: int | None = None) -> None:
         """``flows`` sizes the flow cache; ``connections`` and ``bindings`` (the
         connection table and the NAT's binding table) default to as many, at least 65,536."""
-        self.config = config
-        self.topology = compile_topology(config, generation=generation)
-        self.routing = compile_routing(config, self.topology)
-        self.macs = MacTable(self.topology, seed=seed)
-        static = [(PROVIDER_TENANT_ID, n.address, n.mac) for n in config.provider.router.neighbours]
-        static += [(t.id, n.address, n.mac) for t in config.tenants.values()
-                   for n in t.router.neighbours]
-        self.neighbours = NeighbourTable(static, seed=seed)
+        self._seed = seed
         self.pending = PendingQueue(**({} if slot_size is None else {"slot_size": slot_size}))
-        pools = [p for t in config.tenants.values() if (p := t.router.nat.pool(t.id)) is not None]
-        statics = [s for t in config.tenants.values() for s in t.router.nat.static_mappings(t.id)]
-        self.nat = NatTable(pools, statics=statics, seed=seed, tcp_syn_only=True,
-                            capacity=bindings or max(flows, 1 << 16))
         self.conns = ConnTrack(seed=seed, capacity=connections or max(flows, 1 << 16))
+        self._bindings = bindings or max(flows, 1 << 16)
+        # A cached decision that rests on a connection holds while it is open: established,
+        # or a datagram flow's (NEW until its first reply).
+        self.cache = (FlowCache(capacity_for(flows), idle_timeout=round(idle_timeout * SECOND),
+                                seed=seed, connections=self.conns.conns,
+                                open_states=(State.ESTABLISHED, State.NEW)) if cache else None)
+        self._compile(config, generation, previous=None)
+        self.counters = {"held": 0, "hold-refused": 0, "solicitations": 0, "released": 0}
+        self._kept_alive = -(1 << 62)
+        self._swept = -(1 << 62)
+        self._now = 0
+
+    def _compile(self, config: Config, generation: int, previous: Gateway | None) -> None:
+        """Everything the config decides: tables, stages, the pipeline. ``previous``: the
+        gateway being reconfigured, whose learned state carries over."""
+        seed = self._seed
+        self.config = config
+        self.topology = t = compile_topology(config, generation=generation)
+        self.routing = compile_routing(config, t)
+        self.macs = MacTable(t, seed=seed)
+        static = [(PROVIDER_TENANT_ID, n.address, n.mac) for n in config.provider.router.neighbours]
+        static += [(tn.id, n.address, n.mac) for tn in config.tenants.values()
+                   for n in tn.router.neighbours]
+        self.neighbours = NeighbourTable(static, seed=seed)
+        tenants = config.tenants.values()
+        pools = [p for tn in tenants if (p := tn.router.nat.pool(tn.id)) is not None]
+        statics = [m for tn in tenants for m in tn.router.nat.static_mappings(tn.id)]
+        if previous is not None:
+            self.macs.carry_over(previous.macs)
+            now = previous._now
+            for entry in previous.neighbours.entries(now):
+                if entry.static:
+                    continue
+                seen = now - round((entry.age or 0.0) * SECOND)
+                address = ip_address(entry.address)
+                if address.version == 4:
+                    self.neighbours.learn4(entry.domain, int(address), entry.mac, seen)
+                else:
+                    value = int(address)
+                    self.neighbours.learn6(entry.domain, value >> 64, value & (1 << 64) - 1,
+                                           entry.mac, seen)
+            self.neighbours.take_changed_tags()  # nothing cached rests on this table yet
+        if previous is not None and (previous.nat.pools, previous._statics) == (pools, statics):
+            self.nat = previous.nat  # the same NAT: every binding stays
+        else:
+            self.nat = NatTable(pools, statics=statics, seed=seed, tcp_syn_only=True,
+                                capacity=self._bindings)
+        self._statics = statics
         self.firewalls = Firewalls(config)
-        t = self.topology
         route = Route("route", t, self.routing, self.neighbours, self.macs)
         answers = Answers(t.segment_router_mac, route.addr4, route.addr6_hi, route.addr6_lo)
         firewalls = [Firewall(place, self.firewalls, self.conns, self.nat, answers)
@@ -104,22 +145,32 @@ class Gateway:
         ]
         self.pipeline = Pipeline(stages, entry="ingress",
                                  finishers=[ConnTrackPass(self.conns, answers)])
-        # A cached decision that rests on a connection holds while it is open: established,
-        # or a datagram flow's (NEW until its first reply).
-        self.cache = (FlowCache(capacity_for(flows), idle_timeout=round(idle_timeout * SECOND),
-                                seed=seed, connections=self.conns.conns,
-                                open_states=(State.ESTABLISHED, State.NEW)) if cache else None)
         mtus = [port.mtu for port in config.ports.values()]
         self.datapath = Datapath(self.pipeline, cache=self.cache, topology=t,
                                  tag_sources=(self.macs, self.neighbours),
-                                 min_mtu=min(mtus, default=65535), on_hold=self._hold)
-        self.counters = {"held": 0, "hold-refused": 0, "solicitations": 0, "released": 0}
-        self._kept_alive = -(1 << 62)
-        self._swept = -(1 << 62)
+                                 min_mtu=min(mtus, default=65535), on_hold=self._hold,
+                                 actions=None if previous is None else previous.datapath.actions)
+        if previous is not None:
+            self.datapath.counters = previous.datapath.counters
+
+    def reconfigure(self, config: Config) -> int:
+        """Swap in ``config`` (validated) under a new generation; return it.
+
+        Everything the config decides is compiled afresh; what the gateway learned
+        stays (MACs where their segments still exist, neighbours, connections, and the
+        NAT bindings when no pool or forward changed). The flow cache's generation goes
+        up, so no packet is decided by an entry made under the old tables."""
+        generation = self.topology.generation + 1
+        previous = copy(self)
+        self._compile(config, generation, previous)
+        if self.cache is not None:
+            self.cache.bump_generation()
+        return generation
 
     # ---------------------------------------------------------------- per batch
     def process(self, batch: Batch, now: int) -> list[Batch]:
         """Run ``batch``; return the batches the gateway sends because of it."""
+        self._now = now
         self.datapath.process(batch, now)
         if self.cache is not None and now - self._kept_alive >= KEEP_ALIVE:
             self._keep_alive(now)
