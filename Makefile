@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml | $(PY)
 
 # tshark (and capinfos, from wireshark-common) decode our output independently;
 # nft (nftables), ipset and iptables-legacy (iptables) run the classifier's kernel peers
-# (bench/nftables.py, tests/bench/test_nftables_peer.py).
+# (bench/nftables.py, tests/bench/test_nftables_peer.py); etcd (etcd-server) is the shared
+# store's back-end, started on loopback by tests/control/test_store.py.
 system-deps:
 	@command -v tshark >/dev/null 2>&1 || { \
 	  echo "installing tshark (Debian package)"; \
@@ -37,6 +38,11 @@ system-deps:
 	  apt-get update -q >/dev/null && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q ipset iptables >/dev/null; }
 	@{ command -v ipset && command -v iptables-legacy; } >/dev/null 2>&1 || { echo "ipset and iptables-legacy are required by the tests: install them (apt-get install ipset iptables)"; exit 1; }
+	@command -v etcd >/dev/null 2>&1 || { \
+	  echo "installing etcd (Debian package etcd-server)"; \
+	  apt-get update -q >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server >/dev/null; }
+	@command -v etcd >/dev/null 2>&1 || { echo "etcd is required by the tests: install it (apt-get install etcd-server)"; exit 1; }
 
 # The main job on the embedded default: the two-tenant example gateway over generated
 # traffic (both tenants' flows to the Internet and back, inbound port forwarding, and

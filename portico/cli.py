@@ -43,6 +43,8 @@ examples:
   portico parse traffic.pcapng
   portico parse traffic.pcapng --json | jq .drops
   portico run examples/two-tenants.yaml --in traffic.pcapng --out out.pcapng --trace 3
+  PORTICO_TOKEN=s3cret portico daemon examples/two-tenants.yaml --replay traffic.pcapng
+  PORTICO_TOKEN=s3cret portico apply examples/two-tenants.yaml --dry-run
   portico bench --quick
 
 exit codes: 0 ok, 1 the work failed (bad input file, I/O), 2 bad usage, 130 interrupted.
@@ -258,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gateway_run.add_arguments(run_parser)
     run_parser.set_defaults(handler=gateway_run.run)
+
+    from portico.control.commands import add_commands
+
+    add_commands(sub)
 
     bench_parser = sub.add_parser(
         "bench",

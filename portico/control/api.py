@@ -1,0 +1,191 @@
+"""api: the daemon's REST API (FastAPI), its OpenAPI document generated from the config model.
+
+Role. ``make_app(daemon, token)`` is the ASGI application ``portico daemon``
+serves. Every object a config file holds has its endpoints, with the same
+model as the file (``portico.control.model``), so the OpenAPI document at
+``/openapi.json`` describes exactly what a YAML file may say:
+
+=====================================  ==============================================
+``GET /api/v1/config``                 the desired state and its revision
+``PUT /api/v1/config``                 replace it whole (``portico apply``)
+``GET|PUT|DELETE /api/v1/tenants/N``   one tenant (DELETE: refused while referenced)
+``GET|PUT|DELETE /api/v1/ports/N``     one port
+``GET|PUT /api/v1/provider``           the provider router
+``GET /api/v1/stats``                  the running gateway's counters
+``GET /api/v1/flows``                  the flow cache, filtered (``dpctl/dump-flows``)
+``GET /metrics``                       Prometheus text
+``GET /healthz``                       liveness, without a token
+=====================================  ==============================================
+
+Theory of operation. Writes validate the whole resulting config before
+anything is stored (``Daemon``): a bad request gets 422 with every problem as
+``{"path": "tenants.a.router.routes[3].via", "message": "..."}``, a write
+against a stale revision (``If-Match: "<revision>"``) 409, a missing object
+404; no input makes a 500. A write answers once its change is durable and in
+effect. Every endpoint but ``/healthz`` needs ``Authorization: Bearer <token>``,
+compared in constant time (``hmac.compare_digest``).
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI reads the route functions'
+# annotations at run time, and some name local variables (the model of a route).
+import hmac
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from portico.control.daemon import Applied, Daemon
+from portico.control.model import Config, ConfigError, Port, Provider, Tenant, format_path
+from portico.control.store import Conflict, StoreError
+
+API = "/api/v1"
+
+
+def _problems(items: list[tuple[str, str]]) -> JSONResponse:
+    return JSONResponse(status_code=422, content={
+        "error": "invalid config",
+        "problems": [{"path": path, "message": message} for path, message in items]})
+
+
+def _expect(if_match: str | None) -> int | None:
+    if if_match is None:
+        return None
+    text = if_match.strip().strip('"')
+    if not text.isdigit():
+        raise HTTPException(400, detail=f"If-Match: {if_match!r} is not a revision number")
+    return int(text)
+
+
+def _applied(result: Applied) -> dict[str, Any]:
+    return {"revision": result.revision, "changed": result.changed}
+
+
+def make_app(daemon: Daemon, token: str) -> FastAPI:
+    """The API over ``daemon``; every call but /healthz needs ``token``."""
+    if not token:
+        raise ValueError("token: the API needs a token (PORTICO_TOKEN or --token-file)")
+    app = FastAPI(title="Portico", version="1",
+                  description="The gateway's desired state and running state.")
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                          Depends(bearer)]) -> None:
+        given = credentials.credentials if credentials is not None else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, detail="a valid bearer token is required",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = []
+        for e in error.errors():
+            loc = [part for part in e.get("loc", ()) if part not in ("body", "query", "header",
+                                                                      "path")]
+            problems.append((format_path(loc), str(e.get("msg", "invalid"))))
+        return _problems(problems)
+
+    @app.exception_handler(ConfigError)
+    async def refused(_: Request, error: ConfigError) -> JSONResponse:
+        return _problems(error.problems)
+
+    @app.exception_handler(Conflict)
+    async def conflict(_: Request, error: Conflict) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"error": str(error)})
+
+    @app.exception_handler(StoreError)
+    async def unavailable(_: Request, error: StoreError) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"error": str(error)})
+
+    guarded = [Depends(authorized)]
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "revision": daemon.revision}
+
+    @app.get(f"{API}/config", dependencies=guarded)
+    def get_config() -> dict[str, Any]:
+        return {"revision": daemon.store.read().revision, "config": daemon.document()}
+
+    @app.put(f"{API}/config", dependencies=guarded)
+    async def put_config(request: Request, config: Config,
+                             if_match: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        document = await request.json()  # stored as written; ``config`` validated it
+        return _applied(daemon.apply(document, expect=_expect(if_match)))
+
+    def object_routes(kind: str, model: type, *, deletable: bool) -> None:
+        def key(name: str) -> str:
+            return f"{kind}/{name}"
+
+        @app.get(f"{API}/{kind}/{{name}}", dependencies=guarded, name=f"get_{kind}")
+        def get_one(name: str) -> dict[str, Any]:
+            objects = daemon.store.read().objects
+            if key(name) not in objects:
+                raise HTTPException(404, detail=f"{kind}.{name}: no such object")
+            return objects[key(name)]
+
+        @app.put(f"{API}/{kind}/{{name}}", dependencies=guarded, name=f"put_{kind}")
+        async def put_one(name: str, request: Request,
+                          body: model,  # type: ignore[valid-type]
+                          if_match: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+            document = await request.json()
+            return _applied(daemon.put_object(key(name), document, expect=_expect(if_match)))
+
+        if deletable:
+            @app.delete(f"{API}/{kind}/{{name}}", dependencies=guarded, name=f"delete_{kind}")
+            def delete_one(name: str,
+                           if_match: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+                try:
+                    return _applied(daemon.delete_object(key(name), expect=_expect(if_match)))
+                except KeyError:
+                    raise HTTPException(404, detail=f"{kind}.{name}: no such object") from None
+
+    object_routes("tenants", Tenant, deletable=True)
+    object_routes("ports", Port, deletable=True)
+
+    @app.get(f"{API}/provider", dependencies=guarded)
+    def get_provider() -> dict[str, Any]:
+        return daemon.store.read().objects.get("provider", {})
+
+    @app.put(f"{API}/provider", dependencies=guarded)
+    async def put_provider(request: Request, body: Provider,
+                           if_match: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        document = await request.json()
+        return _applied(daemon.put_object("provider", document, expect=_expect(if_match)))
+
+    @app.get(f"{API}/stats", dependencies=guarded)
+    def stats() -> dict[str, Any]:
+        with daemon.lock:
+            numbers = daemon.gateway.stats()
+        return {"revision": daemon.revision, "generation": daemon.gateway.topology.generation,
+                "reconfigurations": daemon.reconfigurations,
+                "last_apply_seconds": daemon.last_apply_seconds, **numbers}
+
+    @app.get(f"{API}/flows", dependencies=guarded)
+    def flows(tenant: str | None = None, src: str | None = None, dst: str | None = None,
+              protocol: int | None = Query(None, ge=0, le=255), port: str | None = None,
+              limit: int = Query(1000, ge=1, le=100_000)) -> list[dict[str, Any]]:
+        from dataclasses import asdict
+
+        from portico.datapath.flowdump import dump_flows
+
+        with daemon.lock:
+            try:
+                found = dump_flows(daemon.gateway, tenant=tenant, src=src, dst=dst,
+                                   protocol=protocol, port=port, limit=limit)
+            except ValueError as error:
+                raise HTTPException(422, detail=str(error)) from None
+        return [asdict(flow) for flow in found]
+
+    @app.get("/metrics", dependencies=guarded, response_class=PlainTextResponse)
+    def metrics() -> str:
+        from portico.control import metrics as prometheus
+
+        with daemon.lock:
+            return prometheus.render(daemon.gateway, ports=daemon.ports,
+                                     extra={"portico_revision": daemon.revision,
+                                            "portico_reconfigurations_total":
+                                                daemon.reconfigurations})
+
+    return app
