@@ -21,7 +21,10 @@ Theory of operation.
   syncs the same way. ``sync`` compiles the new config into new tables
   (``Gateway.reconfigure``: a new generation; what the gateway learned stays)
   and swaps them in between two batches, under the lock: no batch sees half of
-  a change, and no packet after it is decided by an entry made before it.
+  a change, and no packet after it is decided by an entry made before it. A
+  change to tenants' firewall rules or container prefixes alone takes the
+  incremental way instead (``_rules_only``): the classifier updates in place
+  and only those tenants' flows, in those directions, are decided again.
 * **Traffic** for now comes from a capture replayed in a thread (``replay``):
   control-plane tests need no live interface.
 """
@@ -37,7 +40,7 @@ from typing import Any
 import yaml
 
 from portico.control.metrics import PortCounters
-from portico.control.model import ConfigError, parse_config
+from portico.control.model import Config, ConfigError, parse_config
 from portico.control.store import Snapshot, Store, document_of, objects_of
 from portico.datapath.gateway import Gateway
 
@@ -73,6 +76,12 @@ def diff_text(old: Mapping[str, dict], new: Mapping[str, dict]) -> str:
     return "\n".join(out)
 
 
+def _without_firewall(tenant: Mapping[str, Any]) -> dict[str, Any]:
+    """A tenant document with its router's firewall left out (shallow copies only)."""
+    router = {k: v for k, v in (tenant.get("router") or {}).items() if k != "firewall"}
+    return {**tenant, "router": router}
+
+
 class Daemon:
     """A gateway kept at the store's desired state (see the module's docstring)."""
 
@@ -101,55 +110,97 @@ class Daemon:
 
     def apply(self, document: Mapping[str, Any], *, expect: int | None = None) -> Applied:
         """Make ``document`` the desired state (validated whole first)."""
-        parse_config(dict(document))  # ConfigError names every bad field
+        config = parse_config(dict(document))  # ConfigError names every bad field
         new = objects_of(document)
-        return self._commit(changes_between(self.store.read().objects, new), expect)
+        return self._commit(changes_between(self.store.read().objects, new), expect, config)
 
     def put_object(self, key: str, value: Mapping[str, Any], *,
                    expect: int | None = None) -> Applied:
         """Create or replace one object (``tenants/a``, ``ports/uplink``, ``provider``)."""
         objects = dict(self.store.read().objects)
         objects[key] = dict(value)
-        document = document_of(objects)
-        parse_config(document)
-        return self._commit({key: dict(value)}, expect)
+        config = parse_config(document_of(objects))
+        return self._commit({key: dict(value)}, expect, config)
 
     def delete_object(self, key: str, *, expect: int | None = None) -> Applied:
         objects = dict(self.store.read().objects)
         if key not in objects:
             raise KeyError(key)
         del objects[key]
-        parse_config(document_of(objects))  # what remains must still stand (references)
-        return self._commit({key: None}, expect)
+        config = parse_config(document_of(objects))  # what remains must still stand
+        return self._commit({key: None}, expect, config)
 
-    def _commit(self, changes: Mapping[str, dict | None], expect: int | None) -> Applied:
+    def _commit(self, changes: Mapping[str, dict | None], expect: int | None,
+                config: Config) -> Applied:
         before = self.store.read().objects
         revision = self.store.commit(changes, expect=expect)
-        self.sync()
+        snapshot = self.store.read()
+        # The config just validated is the store's state unless another writer came in
+        # between: then it is parsed again from the snapshot.
+        expected = dict(before)
+        for key, value in changes.items():
+            if value is None:
+                expected.pop(key, None)
+            else:
+                expected[key] = value
+        self.sync(snapshot, config if snapshot.objects == expected else None)
         changed = {k: ("removed" if v is None else "changed" if k in before else "added")
                    for k, v in changes.items()}
         return Applied(revision, changed)
 
     # --------------------------------------------------------------- applying
-    def sync(self, snapshot: Snapshot | None = None) -> bool:
-        """Bring the gateway to the store's state; True if it changed anything."""
+    def sync(self, snapshot: Snapshot | None = None, parsed: Config | None = None) -> bool:
+        """Bring the gateway to the store's state (``parsed``: that state, already
+        validated); True if it changed anything."""
         snapshot = snapshot or self.store.read()
         with self.lock:
             if snapshot.revision <= self.revision:
                 return False
             began = time.perf_counter()
             try:
-                config = parse_config(document_of(snapshot.objects))
+                config = parsed or parse_config(document_of(snapshot.objects))
             except ConfigError:
                 # Another writer stored something this version refuses: keep running
                 # what we have, and say so in the stats.
                 self.revision = snapshot.revision
                 return False
-            self.gateway.reconfigure(config)
+            if not self._rules_only(self.objects, snapshot.objects, config):
+                self.gateway.reconfigure(config)
             self.config, self.objects, self.revision = config, snapshot.objects, snapshot.revision
             self.reconfigurations += 1
             self.last_apply_seconds = time.perf_counter() - began
             return True
+
+    def _rules_only(self, old: Mapping[str, dict], new: Mapping[str, dict],
+                    config: Config) -> bool:
+        """Apply a change that touches only tenants' firewall rules and container
+        prefixes incrementally (``Gateway.set_rules``/``set_container``: the classifier
+        updates in place, and only the flows of those tenants and directions are decided
+        again), and say so; anything else needs a full reconfigure (False)."""
+        changed = [k for k in set(old) | set(new) if old.get(k) != new.get(k)]
+        if not changed or not all(k.startswith("tenants/") and k in old and k in new
+                                  for k in changed):
+            return False
+        for key in changed:
+            walls = [(old[key].get("router") or {}).get("firewall") or {},
+                     (new[key].get("router") or {}).get("firewall") or {}]
+            if _without_firewall(old[key]) != _without_firewall(new[key]):
+                return False  # more than the firewall changed
+            shape = [{name: sorted(m for m in members if str(m).startswith("container:"))
+                      for name, members in (wall.get("containers") or {}).items()}
+                     for wall in walls]
+            if shape[0] != shape[1]:
+                return False  # containers made, removed or nested differently
+        for key in changed:
+            name = key.split("/", 1)[1]
+            firewall = config.tenants[name].router.firewall
+            for direction in ("ingress", "egress"):
+                self.gateway.set_rules(name, direction, firewall.rules(direction))
+            for container in firewall.containers:
+                self.gateway.set_container(name, container,
+                                           [str(p) for p in firewall.prefixes(container)])
+        self.gateway.config = config
+        return True
 
     def start_watching(self, interval: float = 0.5) -> None:
         """A thread that follows other writers' changes until ``stop``."""

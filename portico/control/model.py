@@ -81,6 +81,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -466,11 +467,28 @@ ContainerMember = Annotated[
 _RULE_ROOT = "rule"
 
 
+# Rules already parsed, by their canonical JSON: a daemon validates the whole config on
+# every change, and a tenant with 10k rules would parse all of them each time. Rules are
+# immutable, so a parsed one can be shared; the memo is bounded, emptied when full.
+_PARSED_RULES: dict[str, Rule] = {}
+_PARSED_RULES_MAX = 1 << 18
+
+
 def _rule(value: object) -> Rule:
     if isinstance(value, Rule):
         return value
+    key = None
+    if isinstance(value, dict):
+        try:
+            key = json.dumps(value, sort_keys=True)
+        except (TypeError, ValueError):
+            key = None  # not plain JSON: let the rule model say what is wrong
+        else:
+            found = _PARSED_RULES.get(key)
+            if found is not None:
+                return found
     try:
-        return Rule.from_dict(value, where=_RULE_ROOT)
+        rule = Rule.from_dict(value, where=_RULE_ROOT)
     except RuleError as error:
         if error.path == _RULE_ROOT or error.path.startswith(_RULE_ROOT + "."):
             loc: Loc = tuple(error.path.split(".")[1:])
@@ -480,6 +498,11 @@ def _rule(value: object) -> Rule:
         raise ValidationError.from_exception_data(
             "Rule", [InitErrorDetails(type=_error(message), loc=loc, input=value)]
         ) from None
+    if key is not None:
+        if len(_PARSED_RULES) >= _PARSED_RULES_MAX:
+            _PARSED_RULES.clear()
+        _PARSED_RULES[key] = rule
+    return rule
 
 
 FirewallRule = Annotated[

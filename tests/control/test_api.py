@@ -88,9 +88,16 @@ def test_a_change_takes_effect_and_a_stale_writer_is_refused(client: TestClient,
     response = client.put("/api/v1/tenants/b", json=tenant, headers={**AUTH, "If-Match": '"1"'})
     assert response.status_code == 200, response.text
     assert response.json() == {"revision": 2, "changed": {"tenants/b": "changed"}}
-    assert daemon.revision == 2 and daemon.gateway.topology.generation == 2
+    # A rules-only change is applied in place: same tables, the rule set updated.
+    assert daemon.revision == 2 and daemon.gateway.topology.generation == 1
     egress = daemon.gateway.firewalls.tenants[2].rules[Direction.EGRESS].ordered()
     assert [rule.action.value for rule in egress] == ["deny"]
+    out = bytes(Ether(src="02:00:00:00:0b:05", dst="02:00:00:00:0b:01") / Dot1Q(vlan=20)
+                / IP(src="10.0.0.5", dst="8.8.8.8") / UDP(sport=5000, dport=53))
+    with daemon.lock:
+        batch = Batch.from_packets([out], port=1)
+        daemon.gateway.process(batch, SECOND)
+    assert batch.meta["drop"][0] != 0 and batch.meta["out_port"][0] == -1  # denied now
     stale = client.put("/api/v1/tenants/b", json=tenant, headers={**AUTH, "If-Match": '"1"'})
     assert stale.status_code == 409
     assert client.delete("/api/v1/tenants/b", headers=AUTH).status_code == 200
