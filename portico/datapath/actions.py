@@ -244,26 +244,27 @@ class ActionTable:
         return self.count
 
 
+# The big-endian field accessors of the rewriting kernels (here, icmp_quote).
 @njit(cache=True, inline="always")
-def _get16(data, i, at):  # type: ignore[no-untyped-def]
+def get16(data, i, at):  # type: ignore[no-untyped-def]
     return (np.int64(data[i, at]) << 8) | np.int64(data[i, at + 1])
 
 
 @njit(cache=True, inline="always")
-def _put16(data, i, at, value):  # type: ignore[no-untyped-def]
+def put16(data, i, at, value):  # type: ignore[no-untyped-def]
     data[i, at] = (value >> 8) & 0xFF
     data[i, at + 1] = value & 0xFF
 
 
 @njit(cache=True, inline="always")
 def _put32(data, i, at, value):  # type: ignore[no-untyped-def]
-    _put16(data, i, at, (value >> 16) & 0xFFFF)
-    _put16(data, i, at + 2, value & 0xFFFF)
+    put16(data, i, at, (value >> 16) & 0xFFFF)
+    put16(data, i, at + 2, value & 0xFFFF)
 
 
 @njit(cache=True, inline="always")
 def _put48(data, i, at, value):  # type: ignore[no-untyped-def]
-    _put16(data, i, at, (value >> 32) & 0xFFFF)
+    put16(data, i, at, (value >> 32) & 0xFFFF)
     _put32(data, i, at + 2, value & 0xFFFFFFFF)
 
 
@@ -330,13 +331,13 @@ def apply_kernel(data, meta, rows, action_ids, records, count):  # type: ignore[
             data[i, l3 + IP6_HOPS] -= 1
             m.ttl -= 1
         elif ops & IP_OPS:
-            ip_sum = _get16(data, i, l3 + 10)
+            ip_sum = get16(data, i, l3 + 10)
             l4_at = -1
             if has_ports:
                 l4_at = l4 + (16 if proto == 6 else 6)
             elif is_echo:
                 l4_at = l4 + 2
-            l4_sum = _get16(data, i, l4_at) if l4_at >= 0 else 0
+            l4_sum = get16(data, i, l4_at) if l4_at >= 0 else 0
             udp_none = proto == 17 and l4_sum == 0  # IPv4 UDP without a checksum
             if ops & SET_IP_SRC:
                 ip_sum, l4_sum = _set_address(data, i, l3 + 12, np.int64(m.src4),
@@ -348,27 +349,27 @@ def apply_kernel(data, meta, rows, action_ids, records, count):  # type: ignore[
                 m.dst4 = a.ip_dst
             if ops & SET_SPORT:
                 at = l4 + 4 if is_echo else l4  # the echo identifier, or the source port
-                old = _get16(data, i, at)
+                old = get16(data, i, at)
                 l4_sum = update16(l4_sum, old, np.int64(a.sport))
-                _put16(data, i, at, np.int64(a.sport))
+                put16(data, i, at, np.int64(a.sport))
                 m.sport = a.sport
                 if is_echo:
                     m.dport = a.sport
             if ops & SET_DPORT:
-                old = _get16(data, i, l4 + 2)
+                old = get16(data, i, l4 + 2)
                 l4_sum = update16(l4_sum, old, np.int64(a.dport))
-                _put16(data, i, l4 + 2, np.int64(a.dport))
+                put16(data, i, l4 + 2, np.int64(a.dport))
                 m.dport = a.dport
             if ops & DEC_TTL:  # TTL shares a 16-bit word with the protocol
-                old = _get16(data, i, l3 + 8)
+                old = get16(data, i, l3 + 8)
                 ip_sum = update16(ip_sum, old, old - 0x100)
                 data[i, l3 + 8] -= 1
                 m.ttl -= 1
-            _put16(data, i, l3 + 10, ip_sum)
+            put16(data, i, l3 + 10, ip_sum)
             if l4_at >= 0 and not udp_none:
                 if proto == 17 and l4_sum == 0:
                     l4_sum = 0xFFFF
-                _put16(data, i, l4_at, l4_sum)
+                put16(data, i, l4_at, l4_sum)
         if ops & SET_ETH_DST:
             _put48(data, i, start, np.int64(a.eth_dst))
         if ops & SET_ETH_SRC:
@@ -377,8 +378,8 @@ def apply_kernel(data, meta, rows, action_ids, records, count):  # type: ignore[
             for b in range(12):
                 data[i, start - 4 + b] = data[i, start + b]
             start -= 4
-            _put16(data, i, start + 12, 0x8100)
-            _put16(data, i, start + 14, np.int64(a.vlan_tci))
+            put16(data, i, start + 12, 0x8100)
+            put16(data, i, start + 14, np.int64(a.vlan_tci))
             m.length += 4
             m.vlan_inner = m.vlan_outer if m.vlan_count else 0
             m.vlan_outer = a.vlan_tci & 0x0FFF

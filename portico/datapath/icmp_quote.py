@@ -30,6 +30,7 @@ import numpy as np
 from numba import njit
 
 from portico import drops
+from portico.datapath.actions import get16, put16
 from portico.packet.checksum import update16, update32
 
 QUOTE_DTYPE = np.dtype([("side", "u1"), ("address", "u4"), ("port", "u2")], align=True)
@@ -44,17 +45,6 @@ class QuoteDrop(IntEnum):
 
 drops.register("icmp-quote", QuoteDrop)
 D_MISSING = int(QuoteDrop.QUOTE_MISSING)
-
-
-@njit(cache=True, inline="always")
-def _get16(data, i, at):  # type: ignore[no-untyped-def]
-    return (np.int64(data[i, at]) << 8) | np.int64(data[i, at + 1])
-
-
-@njit(cache=True, inline="always")
-def _put16(data, i, at, value):  # type: ignore[no-untyped-def]
-    data[i, at] = (value >> 8) & 0xFF
-    data[i, at + 1] = value & 0xFF
 
 
 @njit(cache=True)
@@ -72,36 +62,36 @@ def rewrite_kernel(data, meta, rows, quotes):  # type: ignore[no-untyped-def]
             m.drop = D_MISSING
             continue
         icmp_sum_at = np.int64(m.l4) + 2
-        icmp_sum = _get16(data, i, icmp_sum_at)
+        icmp_sum = get16(data, i, icmp_sum_at)
         at = q3 + (12 if side == SOURCE else 16)
-        old = (_get16(data, i, at) << 16) | _get16(data, i, at + 2)
+        old = (get16(data, i, at) << 16) | get16(data, i, at + 2)
         new = np.int64(q.address)
         # The quoted IP header checksum, and the ICMP checksum for both changes.
         ip_sum_at = q3 + 10
-        old_ip_sum = _get16(data, i, ip_sum_at)
+        old_ip_sum = get16(data, i, ip_sum_at)
         new_ip_sum = update32(old_ip_sum, old, new)
-        _put16(data, i, at, (new >> 16) & 0xFFFF)
-        _put16(data, i, at + 2, new & 0xFFFF)
-        _put16(data, i, ip_sum_at, new_ip_sum)
+        put16(data, i, at, (new >> 16) & 0xFFFF)
+        put16(data, i, at + 2, new & 0xFFFF)
+        put16(data, i, ip_sum_at, new_ip_sum)
         icmp_sum = update32(icmp_sum, old, new)
         icmp_sum = update16(icmp_sum, old_ip_sum, new_ip_sum)
         proto = np.int64(m.inner_protocol)
         # An echo's identifier whichever side; otherwise the side's port.
         port_at = q4 + 4 if proto == 1 else q4 + (0 if side == SOURCE else 2)
-        old_port = _get16(data, i, port_at)
+        old_port = get16(data, i, port_at)
         new_port = np.int64(q.port)
-        _put16(data, i, port_at, new_port)
+        put16(data, i, port_at, new_port)
         icmp_sum = update16(icmp_sum, old_port, new_port)
         end = np.int64(m.start) + np.int64(m.length)
         if proto == 17 and q4 + 8 <= end:  # a quoted UDP checksum, when it is there
-            old_udp = _get16(data, i, q4 + 6)
+            old_udp = get16(data, i, q4 + 6)
             if old_udp != 0:
                 new_udp = update16(update32(old_udp, old, new), old_port, new_port)
                 if new_udp == 0:
                     new_udp = 0xFFFF
-                _put16(data, i, q4 + 6, new_udp)
+                put16(data, i, q4 + 6, new_udp)
                 icmp_sum = update16(icmp_sum, old_udp, new_udp)
-        _put16(data, i, icmp_sum_at, icmp_sum)
+        put16(data, i, icmp_sum_at, icmp_sum)
         if side == SOURCE:
             m.inner_src4 = new
             m.inner_sport = new_port
