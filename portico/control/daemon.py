@@ -111,41 +111,45 @@ class Daemon:
     def apply(self, document: Mapping[str, Any], *, expect: int | None = None) -> Applied:
         """Make ``document`` the desired state (validated whole first)."""
         config = parse_config(dict(document))  # ConfigError names every bad field
-        new = objects_of(document)
-        return self._commit(changes_between(self.store.read().objects, new), expect, config)
+        # Only the changed objects are stored, and the store checks what it encodes.
+        new = objects_of(document, check=False)
+        before = self.store.read()
+        return self._commit(changes_between(before.objects, new), expect, config, before)
 
     def put_object(self, key: str, value: Mapping[str, Any], *,
                    expect: int | None = None) -> Applied:
         """Create or replace one object (``tenants/a``, ``ports/uplink``, ``provider``)."""
-        objects = dict(self.store.read().objects)
+        before = self.store.read()
+        objects = dict(before.objects)
         objects[key] = dict(value)
         config = parse_config(document_of(objects))
-        return self._commit({key: dict(value)}, expect, config)
+        return self._commit({key: dict(value)}, expect, config, before)
 
     def delete_object(self, key: str, *, expect: int | None = None) -> Applied:
-        objects = dict(self.store.read().objects)
+        before = self.store.read()
+        objects = dict(before.objects)
         if key not in objects:
             raise KeyError(key)
         del objects[key]
         config = parse_config(document_of(objects))  # what remains must still stand
-        return self._commit({key: None}, expect, config)
+        return self._commit({key: None}, expect, config, before)
 
     def _commit(self, changes: Mapping[str, dict | None], expect: int | None,
-                config: Config) -> Applied:
-        before = self.store.read().objects
+                config: Config, before: Snapshot) -> Applied:
         revision = self.store.commit(changes, expect=expect)
-        snapshot = self.store.read()
-        # The config just validated is the store's state unless another writer came in
-        # between: then it is parsed again from the snapshot.
-        expected = dict(before)
+        after = dict(before.objects)
         for key, value in changes.items():
             if value is None:
-                expected.pop(key, None)
+                after.pop(key, None)
             else:
-                expected[key] = value
-        self.sync(snapshot, config if snapshot.objects == expected else None)
-        changed = {k: ("removed" if v is None else "changed" if k in before else "added")
-                   for k, v in changes.items()}
+                after[key] = value
+        if revision == before.revision + (1 if changes else 0):
+            # Nobody wrote in between: the store holds what was just validated.
+            self.sync(Snapshot(revision, after), config)
+        else:
+            self.sync(self.store.read())  # another writer came in: parse what is there
+        changed = {k: ("removed" if v is None else "changed" if k in before.objects
+                       else "added") for k, v in changes.items()}
         return Applied(revision, changed)
 
     # --------------------------------------------------------------- applying

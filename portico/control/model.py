@@ -81,7 +81,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -467,10 +466,10 @@ ContainerMember = Annotated[
 _RULE_ROOT = "rule"
 
 
-# Rules already parsed, by their canonical JSON: a daemon validates the whole config on
+# Rules already parsed, by their fields as written: a daemon validates the whole config on
 # every change, and a tenant with 10k rules would parse all of them each time. Rules are
 # immutable, so a parsed one can be shared; the memo is bounded, emptied when full.
-_PARSED_RULES: dict[str, Rule] = {}
+_PARSED_RULES: dict[tuple[Any, ...], tuple[tuple[Any, ...], Rule]] = {}
 _PARSED_RULES_MAX = 1 << 18
 
 
@@ -479,14 +478,16 @@ def _rule(value: object) -> Rule:
         return value
     key = None
     if isinstance(value, dict):
-        try:
-            key = json.dumps(value, sort_keys=True)
-        except (TypeError, ValueError):
-            key = None  # not plain JSON: let the rule model say what is wrong
+        try:  # the fields as written, with their types (True is not 1, 10.0 not 10)
+            key = tuple(sorted((k, type(v).__name__, tuple(v) if isinstance(v, list) else v)
+                               for k, v in value.items()))
+            hash(key)
+        except TypeError:
+            key = None  # an unhashable field: let the rule model say what is wrong
         else:
             found = _PARSED_RULES.get(key)
-            if found is not None:
-                return found
+            if found is not None and found[0] == key:
+                return found[1]
     try:
         rule = Rule.from_dict(value, where=_RULE_ROOT)
     except RuleError as error:
@@ -501,7 +502,7 @@ def _rule(value: object) -> Rule:
     if key is not None:
         if len(_PARSED_RULES) >= _PARSED_RULES_MAX:
             _PARSED_RULES.clear()
-        _PARSED_RULES[key] = rule
+        _PARSED_RULES[key] = (key, rule)
     return rule
 
 

@@ -138,12 +138,13 @@ def open_store(url: str) -> Store:
     raise ValueError(f"{url!r}: not a store url (sqlite:PATH or etcd://HOST:PORT[/PREFIX])")
 
 
-def objects_of(document: Mapping[str, Any]) -> dict[str, dict]:
+def objects_of(document: Mapping[str, Any], *, check: bool = True) -> dict[str, dict]:
     """Split a config document into store objects: ``ports/<name>``, ``provider``,
     ``tenants/<name>``. An absent or empty (null) section yields no objects.
 
-    Raises ValueError naming unknown top-level keys, or the path of the first
-    value that is not a plain-JSON object.
+    Raises ValueError naming unknown top-level keys, or (``check``) the path of the
+    first value that is not a plain-JSON object. ``check=False`` is for documents
+    that came as JSON (the API's) and are checked again when committed.
     """
     unknown = sorted(str(k) for k in document if k not in NAMED_SECTIONS + SINGLE_SECTIONS)
     if unknown:
@@ -158,11 +159,12 @@ def objects_of(document: Mapping[str, Any]) -> dict[str, dict]:
         for name, value in members.items():
             if not isinstance(name, str) or not name:
                 raise ValueError(f"{section}: {name!r} is not a name")
-            objects[f"{section}/{name}"] = _plain_object(value, f"{section}.{name}")
+            objects[f"{section}/{name}"] = (_plain_object(value, f"{section}.{name}") if check
+                                            else value)
     for section in SINGLE_SECTIONS:
         value = document.get(section)
         if value is not None:
-            objects[section] = _plain_object(value, section)
+            objects[section] = _plain_object(value, section) if check else value
     return objects
 
 
@@ -212,16 +214,37 @@ def _plain_object(value: Any, path: str) -> dict:
 
 
 def _check_plain(value: Any, path: str) -> None:
+    bad = _first_not_plain(value)
+    if bad is None:
+        return
+    trail, problem = bad
+    where = path + "".join(f"[{part}]" if isinstance(part, int) else f".{part}"
+                           for part in reversed(trail))
+    raise ValueError(f"{where}: {problem}")
+
+
+def _first_not_plain(value: Any) -> tuple[list[str | int], str] | None:
+    """The first value that is not plain JSON, as (path parts, innermost first; what is
+    wrong), or None. No text is built on the way: a config is walked on every write."""
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
-                raise ValueError(f"{path}: key {k!r} is not a string")
-            _check_plain(v, f"{path}.{k}")
+                return [], f"key {k!r} is not a string"
+            if isinstance(v, dict | list | float) or not (
+                    v is None or isinstance(v, str | int)):
+                bad = _first_not_plain(v)
+                if bad is not None:
+                    bad[0].append(k)
+                    return bad
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            _check_plain(v, f"{path}[{i}]")
+            bad = _first_not_plain(v)
+            if bad is not None:
+                bad[0].append(i)
+                return bad
     elif isinstance(value, float):
         if not math.isfinite(value):
-            raise ValueError(f"{path}: {value!r} is not plain JSON")
+            return [], f"{value!r} is not plain JSON"
     elif value is not None and not isinstance(value, str | int):  # bool is an int
-        raise ValueError(f"{path}: {type(value).__name__} {value!r} is not plain JSON")
+        return [], f"{type(value).__name__} {value!r} is not plain JSON"
+    return None
