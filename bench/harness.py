@@ -84,6 +84,19 @@ from bench.classify import (
     format_classify,
     run_classify,
 )
+from bench.control import (
+    CONTROL_WORKLOADS,
+    FULL_APPLY,
+    FULL_WRITES,
+    QUICK_APPLY,
+    QUICK_WRITES,
+    ApplySettings,
+    WritesSettings,
+    control_target_lines,
+    format_control,
+    run_api_writes,
+    run_config_apply,
+)
 from bench.flowcache import (
     FULL_FLOWCACHE,
     QUICK_FLOWCACHE,
@@ -129,10 +142,12 @@ from bench.workloads import (
 
 # Beside the packet workloads: route lookups (bench/lpm.py), the container
 # classifier (bench/classify.py), the flow cache (bench/flowcache.py) and the
-# gateway end to end (bench/pipeline.py), each reported in its own table.
+# gateway end to end (bench/pipeline.py) and the control plane (bench/control.py), each
+# reported in its own table.
 CLASSIFY_WORKLOADS = ("classify", "classify-update")
 PIPELINE_WORKLOADS = ("pipeline-hit", "pipeline-miss", "pipeline-flows")
-ALL_WORKLOADS = (*WORKLOADS, "lpm", *CLASSIFY_WORKLOADS, "flowcache", *PIPELINE_WORKLOADS)
+ALL_WORKLOADS = (*WORKLOADS, "lpm", *CLASSIFY_WORKLOADS, "flowcache", *PIPELINE_WORKLOADS,
+                 *CONTROL_WORKLOADS)
 PEER_NAMES = ("struct", "dpkt", "scapy")
 RESIDENT = 1 << 14  # packets in the cache-resident working set: 4 MiB of slots
 SWEEP = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -159,6 +174,8 @@ class Settings:
     pipeline: PipelineSettings = FULL_PIPELINE
     pipeline_miss: MissSettings = FULL_MISS
     pipeline_flows: FlowsSettings = FULL_FLOWS
+    config_apply: ApplySettings = FULL_APPLY
+    api_writes: WritesSettings = FULL_WRITES
 
 
 FULL = Settings(packets=1 << 18, batches=SWEEP, repeats=7,
@@ -166,7 +183,8 @@ FULL = Settings(packets=1 << 18, batches=SWEEP, repeats=7,
 QUICK = Settings(packets=1 << 16, batches=(256, 4096), repeats=3,
                  samples={"struct": 20_000, "dpkt": 5_000, "scapy": 500}, quick=True,
                  lpm=QUICK_LPM, classify=QUICK_CLASSIFY, flowcache=QUICK_FLOWCACHE,
-                 pipeline=QUICK_PIPELINE, pipeline_miss=QUICK_MISS, pipeline_flows=QUICK_FLOWS)
+                 pipeline=QUICK_PIPELINE, pipeline_miss=QUICK_MISS, pipeline_flows=QUICK_FLOWS,
+                 config_apply=QUICK_APPLY, api_writes=QUICK_WRITES)
 
 
 # ---------------------------------------------------------------- timing
@@ -372,6 +390,10 @@ def run_bench(settings: Settings, workloads: Sequence[str],
         entries += run_miss(settings.pipeline_miss, status)
     if "pipeline-flows" in workloads:
         entries += run_flows(settings.pipeline_flows, status)
+    if "config-apply" in workloads:
+        entries += run_config_apply(settings.config_apply, status)
+    if "api-writes" in workloads:
+        entries += run_api_writes(settings.api_writes, status)
     run = {"quick": settings.quick,
            "repeats": settings.repeats, "peer_repeats": settings.peer_repeats,
            "traffic": "64-byte IPv4 frames, TCP/UDP 50/50, 100k flows, uniform",
@@ -427,6 +449,7 @@ def format_table(report: dict[str, Any]) -> str:
     lines += format_classify(report["workloads"])
     lines += format_flowcache(report["workloads"])
     lines += format_pipeline(report["workloads"])
+    lines += format_control(report["workloads"])
     lines += [""] + [f"target: {line}" for line in target_lines(report)]
     return "\n".join(lines)
 
@@ -453,7 +476,8 @@ def target_lines(report: dict[str, Any]) -> list[str]:
     lines += lpm_target_lines([e for e in report["workloads"] if e["name"] == "lpm"])
     return (lines + classify_target_lines(report["workloads"])
             + flowcache_target_lines(report["workloads"])
-            + pipeline_target_lines(report["workloads"]))
+            + pipeline_target_lines(report["workloads"])
+            + control_target_lines(report["workloads"]))
 
 
 def plot(report: dict[str, Any], path: str | Path) -> None:
@@ -543,7 +567,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     pipeline_miss=(dataclasses.replace(base.pipeline_miss, batches=batches)
                                    if batches else base.pipeline_miss),
                     pipeline_flows=(dataclasses.replace(base.pipeline_flows, batches=batches)
-                                    if batches else base.pipeline_flows))
+                                    if batches else base.pipeline_flows),
+                    config_apply=base.config_apply, api_writes=base.api_writes)
 
 
 def run(args: argparse.Namespace) -> int:
