@@ -405,9 +405,8 @@ def unpinned() -> Iterator[None]:
 
 
 def start_etcd(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """etcd on free loopback ports, healthy; (the process, "127.0.0.1:PORT").
-
-    The same as ``tests/control/conftest.py``'s (the bench does not import tests)."""
+    """etcd on free loopback ports, healthy; (the process, "127.0.0.1:PORT"). The
+    control-plane tests start theirs with this too (``tests/control/conftest.py``)."""
     import httpx
 
     client, peer = free_port(), free_port()

@@ -146,6 +146,7 @@ from portico.datapath.conntrack import (
     Timeouts,
     Verdict,
 )
+from portico.datapath.xxh import avalanche, lane_round, rotl
 from portico.prefetch import prefetch
 
 SECOND = 1_000_000_000  # ns
@@ -221,41 +222,22 @@ V_NEW, V_INVALID = int(Verdict.NEW), int(Verdict.INVALID)
 C_ICMP, C_ICMPV6 = int(ProtoClass.ICMP), int(ProtoClass.ICMPV6)
 
 # xxHash64 primes.
-P1 = np.uint64(0x9E3779B185EBCA87)
-P2 = np.uint64(0xC2B2AE3D27D4EB4F)
-P3 = np.uint64(0x165667B19E3779F9)
 U1 = np.uint64(1)
 U8 = np.uint64(8)
 U16 = np.uint64(16)
-U29 = np.uint64(29)
 U32 = np.uint64(32)
-U33 = np.uint64(33)
 
 
 # ------------------------------------------------------------------ hashing
-@njit(cache=True, inline="always")
-def _rotl(x, r):  # type: ignore[no-untyped-def]
-    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
-
-
-@njit(cache=True, inline="always")
-def _round(lane, w):  # type: ignore[no-untyped-def]
-    return _rotl(lane + w * P2, 31) * P1
-
-
 @njit(cache=True, inline="always")
 def _hash(l0, l1, l2, l3, head, s_hi, s_lo, sport, d_hi, d_lo, dport):  # type: ignore[no-untyped-def]
     """Symmetric in (source, destination): each endpoint is hashed alone, the two
     are added, then the zone/version/protocol word ``head`` and the avalanche.
     Non-negative int64 (63 bits)."""
-    a = _round(l0, s_hi) + _rotl(_round(l1, s_lo), 19) + _rotl(_round(l2, sport), 38)
-    b = _round(l0, d_hi) + _rotl(_round(l1, d_lo), 19) + _rotl(_round(l2, dport), 38)
-    h = a + b + _rotl(_round(l3, head), 27)
-    h ^= h >> U33
-    h *= P2
-    h ^= h >> U29
-    h *= P3
-    h ^= h >> U32
+    a = lane_round(l0, s_hi) + rotl(lane_round(l1, s_lo), 19) + rotl(lane_round(l2, sport), 38)
+    b = lane_round(l0, d_hi) + rotl(lane_round(l1, d_lo), 19) + rotl(lane_round(l2, dport), 38)
+    h = a + b + rotl(lane_round(l3, head), 27)
+    h = avalanche(h)
     return np.int64(h >> U1)
 
 

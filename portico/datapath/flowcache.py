@@ -169,6 +169,7 @@ from numba import njit
 from numpy.lib import recfunctions
 from numpy.typing import ArrayLike
 
+from portico.datapath.xxh import avalanche, lane_round, rotl
 from portico.prefetch import prefetch
 
 SECOND = 1_000_000_000  # ns
@@ -288,15 +289,10 @@ _INVALIDATIONS = COUNT + Counter.INVALIDATIONS
 _FAILURES = COUNT + Counter.INSERT_FAILURES
 
 # xxHash64 primes.
-P1 = np.uint64(0x9E3779B185EBCA87)
-P2 = np.uint64(0xC2B2AE3D27D4EB4F)
-P3 = np.uint64(0x165667B19E3779F9)
 U8 = np.uint64(8)
 U16 = np.uint64(16)
 U24 = np.uint64(24)
-U29 = np.uint64(29)
 U32 = np.uint64(32)
-U33 = np.uint64(33)
 U48 = np.uint64(48)
 LOW16 = np.uint64(0xFFFF)
 LOW24 = np.uint64(0xFFFFFF)
@@ -311,16 +307,6 @@ _OLD = 2
 
 
 # ------------------------------------------------------------------ kernels
-@njit(cache=True, inline="always")
-def _rotl(x, r):  # type: ignore[no-untyped-def]
-    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
-
-
-@njit(cache=True, inline="always")
-def _round(lane, w):  # type: ignore[no-untyped-def]
-    return _rotl(lane + w * P2, 31) * P1
-
-
 @njit(cache=True, inline="always")
 def _key(meta, r):  # type: ignore[no-untyped-def]
     """The seven key words of row ``r`` (see Key)."""
@@ -366,19 +352,15 @@ def _lanes(ctl):  # type: ignore[no-untyped-def]
 @njit(cache=True, inline="always")
 def _hash(lanes, w0, w1, w2, w3, w4, w5, w6):  # type: ignore[no-untyped-def]
     h = (
-        _round(lanes[0], w0)
-        + _rotl(_round(lanes[1], w1), 7)
-        + _rotl(_round(lanes[2], w2), 12)
-        + _rotl(_round(lanes[3], w3), 18)
-        + _rotl(_round(lanes[4], w4), 27)
-        + _rotl(_round(lanes[5], w5), 35)
-        + _rotl(_round(lanes[6], w6), 46)
+        lane_round(lanes[0], w0)
+        + rotl(lane_round(lanes[1], w1), 7)
+        + rotl(lane_round(lanes[2], w2), 12)
+        + rotl(lane_round(lanes[3], w3), 18)
+        + rotl(lane_round(lanes[4], w4), 27)
+        + rotl(lane_round(lanes[5], w5), 35)
+        + rotl(lane_round(lanes[6], w6), 46)
     )
-    h ^= h >> U33
-    h *= P2
-    h ^= h >> U29
-    h *= P3
-    h ^= h >> U32
+    h = avalanche(h)
     return h
 
 

@@ -317,7 +317,7 @@ def dump_flows(gateway: Gateway, *, tenant: str | int | None = None, src: str | 
         if limit < 0:
             raise ValueError(f"limit: must be >= 0, got {limit}")
         picked = picked[:limit]
-    now = gateway._now if now is None else now
+    now = gateway.now if now is None else now
     chosen = keys[picked]
     at = slots[picked]
     # Columns to Python lists in bulk: no NumPy scalar is touched per flow.

@@ -308,6 +308,11 @@ class Gateway:
         return self.firewalls.tenants[self.config.tenants[tenant].id]
 
     # ------------------------------------------------------------------- views
+    @property
+    def now(self) -> int:
+        """The time of the last batch processed (ns), the gateway's clock."""
+        return self._now
+
     def runtime(self) -> str:
         return self.pipeline.runtime()
 

@@ -965,6 +965,10 @@ class NatTable:
             bool(r[B_FLAGS] & F_STATIC), bool(r[B_FLAGS] & F_ESTABLISHED),
         )
 
+    def __len__(self) -> int:
+        """Live bindings (expired ones not yet freed included), counted without a list."""
+        return int(np.count_nonzero(self._b[:, B_FLAGS] & F_LIVE))
+
     def live(self) -> list[Binding]:
         """Every live binding, expired-but-not-yet-freed ones included."""
         return [self.binding(int(i)) for i in np.flatnonzero(self._b[:, B_FLAGS] & F_LIVE)]

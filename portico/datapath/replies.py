@@ -97,7 +97,7 @@ from numba import njit
 
 from portico import drops
 from portico.batch import Batch
-from portico.datapath.stages.parse import flow_hash, parse_quote, parse_rows
+from portico.datapath.stages.parse import flow_hash, parse_quote, parse_rows, reset_inner
 from portico.packet import arp, icmp, icmpv6
 from portico.packet.arp import ARP
 from portico.packet.build import build as build_frame
@@ -446,22 +446,7 @@ def _set_icmp_meta(m, start, l3, l4, total, ttl, tos, icmp_type, code, ident, et
     m.src6_lo = src_lo
     m.dst6_hi = dst_hi
     m.dst6_lo = dst_lo
-    m.tunnel = 0
-    m.tunnel_id = 0
-    m.inner_l2 = -1
-    m.inner_l3 = -1
-    m.inner_l4 = -1
-    m.inner_ip_version = 0
-    m.inner_protocol = 0
-    m.inner_tcp_flags = 0
-    m.inner_src4 = 0
-    m.inner_dst4 = 0
-    m.inner_src6_hi = 0
-    m.inner_src6_lo = 0
-    m.inner_dst6_hi = 0
-    m.inner_dst6_lo = 0
-    m.inner_sport = 0
-    m.inner_dport = 0
+    reset_inner(m)
     bits = L_ETHERNET_BITS | (L_VLAN_BITS if m.vlan_count else 0)
     if m.ip_version == 4:
         m.protocol = PROTO_ICMP

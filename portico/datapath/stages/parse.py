@@ -523,6 +523,28 @@ def flow_hash(src_lo, dst_lo, sport, dport, proto):  # type: ignore[no-untyped-d
     return np.uint32(x & np.uint64(0xFFFFFFFF))
 
 
+@njit(cache=True, inline="always")
+def reset_inner(m):  # type: ignore[no-untyped-def]
+    """The tunnel and inner columns as parse leaves a packet with neither a tunnel nor a
+    quote (also what replies.build writes for the messages it makes)."""
+    m.tunnel = 0
+    m.tunnel_id = 0
+    m.inner_l2 = -1
+    m.inner_l3 = -1
+    m.inner_l4 = -1
+    m.inner_ip_version = 0
+    m.inner_protocol = 0
+    m.inner_tcp_flags = 0
+    m.inner_src4 = 0
+    m.inner_dst4 = 0
+    m.inner_src6_hi = 0
+    m.inner_src6_lo = 0
+    m.inner_dst6_hi = 0
+    m.inner_dst6_lo = 0
+    m.inner_sport = 0
+    m.inner_dport = 0
+
+
 # ---------------------------------------------------------------- the kernel
 @njit(cache=True)
 def parse_rows(data, meta, count, non_first_fragment_drops):  # type: ignore[no-untyped-def]
@@ -557,22 +579,7 @@ def parse_rows(data, meta, count, non_first_fragment_drops):  # type: ignore[no-
         m.tcp_flags = 0
         m.icmp_type = 0
         m.icmp_code = 0
-        m.tunnel = 0
-        m.tunnel_id = 0
-        m.inner_l2 = -1
-        m.inner_l3 = -1
-        m.inner_l4 = -1
-        m.inner_ip_version = 0
-        m.inner_protocol = 0
-        m.inner_tcp_flags = 0
-        m.inner_src4 = 0
-        m.inner_dst4 = 0
-        m.inner_src6_hi = 0
-        m.inner_src6_lo = 0
-        m.inner_dst6_hi = 0
-        m.inner_dst6_lo = 0
-        m.inner_sport = 0
-        m.inner_dport = 0
+        reset_inner(m)
         m.flow_hash = 0
         mac = np.uint64(0)
         if end - start >= 6:
