@@ -198,16 +198,21 @@ def kernels() -> dict[str, tuple[Any, tuple[Any, ...]]]:
     v4, v6 = LPM4(), LPM6()
     ct = conntable.ConnTrack(capacity=64, seed=1)
     nb = neighbours.NeighbourTable(seed=1)
+    nowhere = datapath._Nowhere
+    places = (nowhere.port_index, nowhere.by_port_vlan, nowhere.vni_keys, nowhere.vni_attachment,
+              nowhere.attachment_segment, nowhere.segment_tenant)
+    flags = np.zeros(64, np.bool_)
     return {
         "parse": (parse_rows, (data, meta, 64, True)),
         "triage": (datapath._triage, (meta, 64, rows, rows, 1500)),
-        "flowcache lookup": (flowcache._lookup, (meta, rows, now, *table, ct.conns,
-                                                 np.zeros(256, np.bool_))),
+        "flowcache lookup": (flowcache.lookup_kernel, (meta, rows, now, *table, ct.conns,
+                                                       np.zeros(256, np.bool_))),
         "flowcache insert": (flowcache._insert, (meta, rows, np.zeros(8, np.int32),
                                                  np.zeros((8, MAX_TAGS), np.uint32), now, *table)),
         "flowcache expire": (flowcache._expire, (now, *table)),
-        "split hits": (datapath._split_hits, (rows, rows, cache.entries["action"], rows, rows,
-                                              rows, 0)),
+        "hit path": (datapath._front, (data, meta, 64, True, True, rows, *places, flags, 1500,
+                                       now, *table, ct.conns, np.zeros(256, np.bool_),
+                                       ActionTable().records, rows, rows, rows, rows, rows)),
         "apply": (apply_kernel, (data, meta, rows, rows, ActionTable().records, 8)),
         "ipv4 checksums": (ipv4_header_checksums, (data, meta, 64)),
         "l4 checksums": (l4_checksums, (data, meta, 64)),
@@ -232,7 +237,7 @@ def kernels() -> dict[str, tuple[Any, tuple[Any, ...]]]:
 
 
 @pytest.mark.parametrize("name", [
-    "parse", "triage", "flowcache lookup", "flowcache insert", "flowcache expire", "split hits",
+    "parse", "triage", "flowcache lookup", "flowcache insert", "flowcache expire", "hit path",
     "apply", "ipv4 checksums", "l4 checksums", "conntrack track", "nat out", "nat in",
     "nat release", "lpm4 lookup", "lpm6 lookup", "conntrack process", "conntrack touch",
     "conntrack peek", "replies", "neighbours resolve4",

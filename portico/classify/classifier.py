@@ -85,6 +85,7 @@ from numba import njit
 from portico.batch import Batch
 from portico.classify.containers import ContainerStore, Literal
 from portico.classify.lpm4 import NO_MATCH, lookup4
+from portico.classify.lpm6 import lookup6
 from portico.classify.rules import Rule, RuleChange, RuleSet
 from portico.prefetch import prefetch
 
@@ -116,10 +117,11 @@ SRC_SIDE, DST_SIDE = 0, 1
 
 @njit(cache=True)
 def classify_kernel(meta, rows_in, count, fields, pool, lists, class_keys,  # type: ignore[no-untyped-def]
-                    tbl24, tbl8, class6, out):
+                    tbl24, tbl8, root6, nodes6, out):
     """Rank (index in match order) of the first rule matching ``meta[rows_in[k]]``, or -1.
 
-    ``class6`` holds the (src, dst) classes of IPv6 rows, looked up before the call.
+    ``tbl24``/``tbl8`` are the container store's IPv4 table, ``root6``/``nodes6`` its
+    IPv6 one.
 
     The tables are bigger than the cache and each step's address comes from the
     step before (LPM entry -> class row -> list directory -> list), so the work is
@@ -139,15 +141,17 @@ def classify_kernel(meta, rows_in, count, fields, pool, lists, class_keys,  # ty
             prefetch(tbl24, np.int64(ahead.src4) >> 8)
             prefetch(tbl24, np.int64(ahead.dst4) >> 8)
         m = meta[rows_in[k]]
-        if m.ip_version == 4:
-            src_class = lookup4(tbl24, tbl8, m.src4)
-            dst_class = lookup4(tbl24, tbl8, m.dst4)
-        elif m.ip_version == 6:
-            src_class = class6[k, 0]
-            dst_class = class6[k, 1]
-        else:
+        if m.ip_version != 4 and m.ip_version != 6:
             classes[k, 0] = -1  # not IP: outside the rules' domain
             continue
+        # Both tables every time (an IPv4 row looks up ::, one cached line): a table
+        # read on one branch only makes Numba count references around every row.
+        six = m.ip_version == 6
+        zero = np.uint64(0)
+        src6 = lookup6(root6, nodes6, m.src6_hi if six else zero, m.src6_lo if six else zero)
+        dst6 = lookup6(root6, nodes6, m.dst6_hi if six else zero, m.dst6_lo if six else zero)
+        src_class = src6 if six else lookup4(tbl24, tbl8, m.src4)
+        dst_class = dst6 if six else lookup4(tbl24, tbl8, m.dst4)
         classes[k, 0] = 0 if src_class == NO_MATCH else np.int64(src_class)
         classes[k, 1] = 0 if dst_class == NO_MATCH else np.int64(dst_class)
         # Selects, not branches: TCP and UDP come mixed, and a mispredicted branch
@@ -571,18 +575,13 @@ class Classifier:
             self._ranks_stale = False
         if rows is None:
             rows = np.arange(batch.count, dtype=np.int64)
-        rows = np.asarray(rows, dtype=np.int64)
-        meta = batch.meta
-        class6 = np.zeros((len(rows), 2), dtype=np.uint32)
-        six = np.flatnonzero(meta["ip_version"][rows] == 6)
-        if len(six):
-            picked = meta[rows[six]]
-            class6[six, 0] = self.store.lpm6.lookup(picked["src6_hi"], picked["src6_lo"])
-            class6[six, 1] = self.store.lpm6.lookup(picked["dst6_hi"], picked["dst6_lo"])
+        elif not (isinstance(rows, np.ndarray) and rows.dtype == np.int64):
+            rows = np.asarray(rows, dtype=np.int64)
         out = np.empty(len(rows), dtype=np.int64)
-        lpm = self.store.lpm4
-        classify_kernel(meta, rows, len(rows), self.fields, self.pool, self.lists,
-                        self.class_keys, lpm.tbl24, lpm.tbl8, class6, out)
+        store = self.store
+        classify_kernel(batch.meta, rows, len(rows), self.fields, self.pool, self.lists,
+                        self.class_keys, store.lpm4.tbl24, store.lpm4.tbl8, store.lpm6.root,
+                        store.lpm6.nodes, out)
         return out
 
     def list_lengths(self) -> dict[str, int]:

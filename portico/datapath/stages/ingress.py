@@ -119,7 +119,7 @@ def classify_rows(meta, rows, port_index, by_port_vlan, vni_keys, vni_attachment
 _ROWS = np.arange(1024, dtype=np.int64)
 
 
-def _every_row(count: int) -> np.ndarray:
+def every_row(count: int) -> np.ndarray:
     """0..count-1, from one array kept for the purpose (grown when a batch is bigger)."""
     global _ROWS
     if count > len(_ROWS):
@@ -144,7 +144,7 @@ def classify(batch: Batch, topology: Topology) -> None:
     they are counted.
     """
     # Every row, dropped ones too (their columns are not read): no selection to build.
-    _classify(batch, _every_row(batch.count), topology, drop=False)
+    _classify(batch, every_row(batch.count), topology, drop=False)
 
 
 class Ingress:
