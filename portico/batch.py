@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+from numba import njit
 
 DEFAULT_SLOT = 2048
 DEFAULT_HEADROOM = 128
@@ -124,6 +125,21 @@ for _name in (
     _RESET[_name] = -1
 
 
+@njit(cache=True)
+def _keep_rows(data, meta, keep, count):  # type: ignore[no-untyped-def]
+    """Move the kept rows of [0, count) to the front, in order; return how many."""
+    kept = 0
+    for i in range(count):
+        if not keep[i]:
+            continue
+        if kept != i:
+            end = meta[i].start + meta[i].length
+            data[kept, :end] = data[i, :end]
+            meta[kept] = meta[i]
+        kept += 1
+    return kept
+
+
 class Batch:
     """A fixed-capacity vector of packet slots and their metadata.
 
@@ -176,6 +192,16 @@ class Batch:
 
     def rows(self) -> np.ndarray:
         return np.arange(self.count, dtype=np.intp)
+
+    def remove(self, rows: np.ndarray) -> None:
+        """Take ``rows`` out of the batch; the others move up in order (a row's slot is
+        copied only as far as its packet ends). For the rare rows a port hands
+        elsewhere before the datapath runs (in-band management's punts)."""
+        if not len(rows):
+            return
+        keep = np.ones(self.count, dtype=np.bool_)
+        keep[rows] = False
+        self.count = int(_keep_rows(self.data, self.meta, keep, self.count))
 
     def packet(self, row: int) -> bytes:
         """One packet's bytes (a copy): for tests, traces and the scalar control plane."""
