@@ -237,12 +237,13 @@ class Datapath:
         candidates, misses, hit_rows, hit_ids, hit_entries, tunnelled = scratch
         topology = self.topology
         places = topology if topology is not None else _Nowhere
+        sig, entries, ctl, connections, open_states = self.cache.tables
         n_forced, n_hit, n_miss, applied = _front(
             batch.data, meta, count, True, topology is not None, every_row(count),
             places.port_index, places.by_port_vlan, places.vni_keys, places.vni_attachment,
             places.attachment_segment, places.segment_tenant, tunnelled, self.min_mtu, now,
-            *self.cache.tables, self.actions.records[: self.actions.count], candidates, misses,
-            hit_rows, hit_ids, hit_entries)
+            sig, entries, ctl, connections, open_states, self.actions.records[: self.actions.count],
+            candidates, misses, hit_rows, hit_ids, hit_entries)
         self.counters["forced"] += n_forced
         self.counters["hits"] += n_hit
         self.counters["misses"] += n_miss

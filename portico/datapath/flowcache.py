@@ -741,7 +741,7 @@ class FlowCache:
         return (np.asarray(hashes, dtype=np.uint64) & np.uint64(self._ctl[MASK])).astype(np.intp)
 
     @property
-    def tables(self) -> tuple[np.ndarray, ...]:
+    def tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """What ``lookup_kernel`` takes after ``now`` (sig, entries, ctl, connections,
         open states): for a caller that calls the lookup from a kernel of its own."""
         return self.sig, self.entries, self._ctl, self.connections, self.open_states
