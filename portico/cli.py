@@ -45,6 +45,8 @@ examples:
   portico run examples/two-tenants.yaml --in traffic.pcapng --out out.pcapng --trace 3
   PORTICO_TOKEN=s3cret portico daemon examples/two-tenants.yaml --replay traffic.pcapng
   PORTICO_TOKEN=s3cret portico apply examples/two-tenants.yaml --dry-run
+  portico lab up examples/lab-two-tenants.yaml    # namespaces and veth pairs for live ports
+  portico lab down examples/lab-two-tenants.yaml
   portico bench --quick
 
 exit codes: 0 ok, 1 the work failed (bad input file, I/O), 2 bad usage, 130 interrupted.
@@ -264,6 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
     from portico.control.commands import add_commands
 
     add_commands(sub)
+
+    from portico import lab
+
+    lab_parser = sub.add_parser(
+        "lab",
+        help="build or remove a lab of network namespaces and veth pairs",
+        description=lab.HELP,
+        epilog=lab.EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    lab.add_arguments(lab_parser)
+    lab_parser.set_defaults(handler=lab.run_command)
 
     bench_parser = sub.add_parser(
         "bench",

@@ -1,7 +1,10 @@
 """Ports: where Batches come from and go to.
 
-Capture files now (``capture``: pcap and pcapng, by ``pcap`` and ``pcapng``);
-AF_PACKET rings, TAP devices and in-memory queues join here later.
+Capture files (``capture``: pcap and pcapng, by ``pcap`` and ``pcapng``), Linux
+interfaces through AF_PACKET rings (``afpacket.AfPacketPort``) and TAP devices
+(``tap.TapPort``); in-memory queues join here later. The live ports are
+imported from their modules (they compile Numba kernels and need Linux), not
+from here.
 """
 
 from portico.io.capture import (
