@@ -181,6 +181,7 @@ from portico.prefetch import prefetch
 SECOND = 1_000_000_000  # ns
 
 WAYS = 8  # slots per bucket
+GROUP = 256  # rows a lookup pass prefetches for before the next pass reads them
 KEY_WORDS = 7
 MAX_TAGS = 4
 NO_TAG = 0xFFFFFFFF  # an unused tag slot
@@ -448,7 +449,9 @@ def _peek(meta, rows, sig, entries, ctl):  # type: ignore[no-untyped-def]
 @njit(cache=True)
 def lookup_kernel(meta, rows, now, sig, entries, ctl, conns, open_state):  # type: ignore[no-untyped-def]
     # Passes, so that a large table's cache misses overlap instead of queueing: each
-    # pass only prefetches what the next one reads (see "Lookup and insert").
+    # pass only prefetches what the next one reads (see "Lookup and insert"). The
+    # passes go over GROUP rows at a time: what a pass prefetched for a whole batch
+    # of 4096 would be pushed out of the cache before the next pass reads it.
     n = rows.shape[0]
     out = np.empty(n, dtype=np.int64)
     hs = np.empty(n, dtype=np.uint64)
@@ -456,57 +459,60 @@ def lookup_kernel(meta, rows, now, sig, entries, ctl, conns, open_state):  # typ
     lanes = _lanes(ctl)
     gen = np.uint32(ctl[GEN])
     idle = ctl[IDLE]
-    for i in range(n):  # 1: hash, and prefetch the bucket's signatures
-        w0, w1, w2, w3, w4, w5, w6 = _key(meta, rows[i])
-        h = _hash(lanes, w0, w1, w2, w3, w4, w5, w6)
-        hs[i] = h
-        prefetch(sig, np.int64(h & mask) * WAYS)
-    for i in range(n):  # 2: the signature's slot, and prefetch its entry's two lines
-        h = hs[i]
-        s = _signature(h)
-        base = np.int64(h & mask) * WAYS
-        e = -1
-        for j in range(base, base + WAYS):
-            if sig[j] == s:
-                e = j
-        out[i] = e
-        if e >= 0:
-            prefetch(entries, e)
-    for i in range(n):  # 3: prefetch the connection the entry rests on
-        e = out[i]
-        if e >= 0:
-            prefetch(conns, max(entries[e].conn, 0))
     hits = 0
-    for i in range(n):  # 4: compare whole keys, check staleness, count
-        r = rows[i]
-        w0, w1, w2, w3, w4, w5, w6 = _key(meta, r)
-        e = out[i]
-        s = _signature(hs[i])
-        # An earlier row of the batch may have freed the slot, or two signatures in one
-        # bucket are alike: then look properly.
-        if e >= 0 and not (sig[e] == s and _same_key(entries[e], w0, w1, w2, w3, w4, w5, w6)):
-            base = np.int64(hs[i] & mask) * WAYS
-            e = _find(sig, entries, base, s, w0, w1, w2, w3, w4, w5, w6)
-        if e >= 0:
-            x = entries[e]
-            why = _staleness(x, now, gen, idle)
-            c = np.int64(x.conn)
-            closed = False
-            if c >= 0:  # the decision rests on a connection: it must still be that one, open
-                conn = conns[c]
-                closed = conn.gen != x.conn_gen or not open_state[conn.state]
-            if closed and why == _LIVE:
-                e = -1  # kept: the flow's next decision replaces it
-            elif why == _LIVE:
-                x.last_seen = now
-                x.packets += 1
-                x.bytes += meta[r].length
-                hits += 1
-            else:
-                sig[e] = 0
-                _count_freed(ctl, why)
-                e = -1
-        out[i] = e
+    for first in range(0, n, GROUP):
+        last = min(n, first + GROUP)
+        for i in range(first, last):  # 1: hash, and prefetch the bucket's signatures
+            w0, w1, w2, w3, w4, w5, w6 = _key(meta, rows[i])
+            h = _hash(lanes, w0, w1, w2, w3, w4, w5, w6)
+            hs[i] = h
+            prefetch(sig, np.int64(h & mask) * WAYS)
+        for i in range(first, last):  # 2: the signature's slot; prefetch its entry
+            h = hs[i]
+            s = _signature(h)
+            base = np.int64(h & mask) * WAYS
+            e = -1
+            for j in range(base, base + WAYS):
+                if sig[j] == s:
+                    e = j
+            out[i] = e
+            if e >= 0:
+                prefetch(entries, e)
+        for i in range(first, last):  # 3: prefetch the connection the entry rests on
+            e = out[i]
+            if e >= 0:
+                prefetch(conns, max(entries[e].conn, 0))
+        for i in range(first, last):  # 4: compare whole keys, check staleness, count
+            r = rows[i]
+            w0, w1, w2, w3, w4, w5, w6 = _key(meta, r)
+            e = out[i]
+            s = _signature(hs[i])
+            # An earlier row of the batch may have freed the slot, or two signatures in
+            # one bucket are alike: then look properly.
+            if e >= 0 and not (sig[e] == s
+                               and _same_key(entries[e], w0, w1, w2, w3, w4, w5, w6)):
+                base = np.int64(hs[i] & mask) * WAYS
+                e = _find(sig, entries, base, s, w0, w1, w2, w3, w4, w5, w6)
+            if e >= 0:
+                x = entries[e]
+                why = _staleness(x, now, gen, idle)
+                c = np.int64(x.conn)
+                closed = False
+                if c >= 0:  # the decision rests on a connection: still that one, open
+                    conn = conns[c]
+                    closed = conn.gen != x.conn_gen or not open_state[conn.state]
+                if closed and why == _LIVE:
+                    e = -1  # kept: the flow's next decision replaces it
+                elif why == _LIVE:
+                    x.last_seen = now
+                    x.packets += 1
+                    x.bytes += meta[r].length
+                    hits += 1
+                else:
+                    sig[e] = 0
+                    _count_freed(ctl, why)
+                    e = -1
+            out[i] = e
     ctl[_HITS] += hits
     ctl[_MISSES] += n - hits
     return out
