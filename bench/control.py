@@ -2,9 +2,9 @@
 
 Both run the real daemon, ``portico.control.daemon.Daemon``, over a real store,
 started as ``portico daemon`` starts it: its watcher thread on (the thread that
-follows other writers; it wakes on every commit). The store's files live under
-``/var/tmp`` when it exists (a disk, not a tmpfs: the store fsyncs every
-commit), and the report names their filesystem.
+follows other writers; it skips the daemon's own commits). The store's files live
+under ``/var/tmp`` when it exists (a disk, not a tmpfs: SQLite writes every commit
+to its log, etcd fsyncs it), and the report names their filesystem.
 
 * ``config-apply``: from a config change to its effect in the datapath. The
   config is ``examples/two-tenants.yaml`` with tenant a's egress rules grown to
@@ -14,10 +14,13 @@ commit), and the report names their filesystem.
   literal prefixes (TCP and UDP to service ports and port ranges, allow and
   deny, distinct ids; none matches the probes' addresses), and the example's
   ``out`` (allow everything from inside) moved last. A change is one
-  ``Daemon.apply(document)`` on SQLite: it validates the whole config, commits
-  the changed objects (durable), and brings the gateway to them before it
-  returns, so its wall time is the change's time to effect. Three kinds, each a
-  median over ``changes`` changes:
+  ``Daemon.apply(document)`` on SQLite: it finds the changed objects, validates
+  them and the checks across objects (what validating the whole document would
+  say), commits them (durable), and brings the gateway to them before it
+  returns, so its wall time is the change's time to effect. Each document is a
+  new one, sharing the unchanged parts with the last (as a program editing its
+  config would); the daemon may not rely on that (it compares what it stored).
+  Three kinds, each a median over ``changes`` changes:
 
   - ``rule``: the probe rule's destination port moved (applied in place);
   - ``container``: one prefix added to ``dst0`` (used by ``block`` and an
@@ -36,17 +39,21 @@ commit), and the report names their filesystem.
   ``recompile``: a new one).
 
 * ``api-writes``: API writes per second through real HTTP. uvicorn serves
-  ``make_app(daemon, token)`` in a thread of this process on a loopback port;
-  one ``httpx.Client`` (keep-alive) sends sequential ``PUT
-  /api/v1/tenants/b``, each tenant b with its ``out`` egress rule's priority
-  flipped (10, 11, 10, ...), for ``seconds``. Client and server share the
-  process (and its CPU, and the GIL). Every answer must be 200 with the next
-  revision; at the end the store's revision must equal the initial one plus
-  the writes, the daemon must be at it, and the gateway's classifier must hold
-  the last write's priority. Run on SQLite and on a real etcd the bench starts
-  (Debian's ``etcd`` on free loopback ports, a data directory of its own,
-  killed at the end; not pinned to the bench's CPU); without the ``etcd``
-  binary that row says so and the rest goes on.
+  ``make_app(daemon, token)`` in a thread of this process (on the bench's pinned
+  CPU) on a loopback port; the clients are another process (``client_main``, on the
+  other CPUs when there are any: a load generator should not take the server's CPU
+  and interpreter, and the API's clients are other programs anyway), each of its
+  ``clients`` threads one keep-alive ``http.client`` connection sending ``PUT
+  /api/v1/tenants/b``, each tenant b with its ``out`` egress rule's priority flipped
+  (10, 11, 10, ...), back to back for ``seconds``. One run per count of clients: one
+  client gives the latency of a lone writer, several the rate the server sustains
+  (the writes queue in the daemon, which commits them one at a time). Every answer
+  must be 200, the revisions answered must be exactly the ones after the initial
+  one, one each, the store and the daemon must be at the last of them, and the
+  gateway's classifier must hold the priority of the write that got it. Run on
+  SQLite and on a real etcd the bench starts (Debian's ``etcd`` on free loopback
+  ports, a data directory of its own, killed at the end; not pinned to the bench's
+  CPU); without the ``etcd`` binary that row says so and the rest goes on.
 """
 
 from __future__ import annotations
@@ -97,10 +104,11 @@ class ApplySettings:
 
 @dataclass(frozen=True)
 class WritesSettings:
-    seconds: float = 2.0  # how long each store is written to
+    seconds: float = 2.0  # how long each store is written to, per count of clients
     stores: tuple[str, ...] = ("sqlite", "etcd")
-    warmup: int = 10  # untimed writes first (they count in the revision check)
-    max_writes: int | None = None  # stop sooner (tests)
+    clients: tuple[int, ...] = (1, 4)  # concurrent connections, one run each
+    warmup: int = 10  # untimed writes per connection first (they count in the revision check)
+    max_writes: int | None = None  # stop a run sooner (tests)
 
 
 FULL_APPLY = ApplySettings()
@@ -494,14 +502,15 @@ def serving(app: Any) -> Iterator[str]:
 
 def run_api_writes(settings: WritesSettings,
                    status: Callable[[str], None] = lambda _: None) -> list[dict[str, Any]]:
-    """Writes per second through the API, on each store; each run checked."""
-    entries = []
+    """Writes per second through the API, on each store and count of clients; each run
+    checked."""
+    entries: list[dict[str, Any]] = []
     for store in settings.stores:
         with tempfile.TemporaryDirectory(prefix="portico-bench-", dir=_disk_dir()) as folder:
             path = Path(folder)
             if store == "sqlite":
-                entries.append(_writes(f"sqlite:{path / 'state.db'}", "sqlite", settings,
-                                       status, filesystem(path)))
+                entries += _writes(f"sqlite:{path / 'state.db'}", "sqlite", settings, status,
+                                   filesystem(path))
             elif store == "etcd":
                 if shutil.which("etcd") is None:
                     entries.append({"name": "api-writes", "store": "etcd", "writes_per_s": None,
@@ -511,10 +520,10 @@ def run_api_writes(settings: WritesSettings,
                 status("api-writes: starting etcd")
                 try:
                     with etcd_running(path) as address:
-                        entry = _writes(f"etcd://{address}/portico-bench/", "etcd", settings,
-                                        status, filesystem(path))
-                        entry["etcd_version"] = _etcd_version()
-                        entries.append(entry)
+                        version = _etcd_version()
+                        entries += [{**entry, "etcd_version": version} for entry in _writes(
+                            f"etcd://{address}/portico-bench/", "etcd", settings, status,
+                            filesystem(path))]
                 except EtcdUnavailable as error:
                     entries.append({"name": "api-writes", "store": "etcd",
                                     "writes_per_s": None, "reason": str(error)})
@@ -533,73 +542,112 @@ def _etcd_version() -> str | None:
 
 
 def _writes(url: str, store: str, settings: WritesSettings, status: Callable[[str], None],
-            fs: str | None) -> dict[str, Any]:
-    import httpx
-
-    from portico.classify.rules import Direction
+            fs: str | None) -> list[dict[str, Any]]:
+    """One daemon on ``url`` behind the API; a run per count of clients."""
     from portico.control.api import make_app
     from portico.control.daemon import Daemon
     from portico.control.store import open_store
 
-    status(f"api-writes: {store}")
     daemon = Daemon(open_store(url), initial=example(), seed=1)
     daemon.start_watching()
     tenant = example()["tenants"]["b"]
     egress = tenant["router"]["firewall"]["egress"]
     bodies = [with_priority(tenant, egress, priority) for priority in (11, 10)]
-    initial = daemon.revision
-    latencies: list[float] = []
+    entries = []
     try:
-        with serving(make_app(daemon, TOKEN)) as base, httpx.Client(
-                base_url=base, headers={"Authorization": f"Bearer {TOKEN}"},
-                timeout=30) as client:
-            writes = 0
-
-            def put() -> None:
-                nonlocal writes
-                began = time.perf_counter()
-                answer = client.put("/api/v1/tenants/b", json=bodies[writes % 2])
-                latencies.append(time.perf_counter() - began)
-                writes += 1
-                if answer.status_code != 200 or answer.json().get("revision") != initial + writes:
-                    raise MismatchError(f"api-writes ({store}): write {writes} answered "
-                                        f"{answer.status_code} {answer.text[:200]}, not 200 at "
-                                        f"revision {initial + writes}")
-
-            for _ in range(settings.warmup):
-                put()
-            latencies.clear()
-            warm = writes
-            began = time.perf_counter()
-            while time.perf_counter() - began < settings.seconds and (
-                    settings.max_writes is None or writes - warm < settings.max_writes):
-                put()
-            elapsed = time.perf_counter() - began
-            health = client.get("/healthz").json()
-        timed_writes = writes - warm
-        final = _check_revision(daemon, initial + writes, f"api-writes ({store})")
-        if health.get("revision") != final:
-            raise MismatchError(f"api-writes ({store}): /healthz says revision "
-                                f"{health.get('revision')}, not {final}")
-        want = bodies[(writes - 1) % 2]["router"]["firewall"]["egress"][0]["priority"]
-        with daemon.lock:
-            rules = daemon.gateway.firewalls.tenants[daemon.config.tenants["b"].id].rules
-            running = [rule.priority for rule in rules[Direction.EGRESS].ordered()
-                       if rule.id == egress[0]["id"]]
-        if running != [want]:
-            raise MismatchError(f"api-writes ({store}): the gateway's rule "
-                                f"{egress[0]['id']!r} has priority {running}, the last "
-                                f"write said {want}")
+        with serving(make_app(daemon, TOKEN)) as base:
+            for clients in settings.clients:
+                status(f"api-writes: {store}, {clients} client{'s' * (clients > 1)}")
+                initial = daemon.revision
+                said = drive(base, bodies, clients, settings)
+                entry = _check_writes(daemon, base, said, initial, bodies, f"{store}, "
+                                      f"{clients} client{'s' * (clients > 1)}")
+                entries.append({"name": "api-writes", "store": store, "clients": clients,
+                                **entry, "filesystem": fs, "reason": None})
     finally:
         daemon.stop()
-    ordered = sorted(latencies)
-    return {"name": "api-writes", "store": store, "writes": timed_writes,
-            "seconds": round(elapsed, 3),
-            "writes_per_s": round(timed_writes / elapsed, 1) if elapsed else None,
-            "p50_ms": round(percentile(ordered, 0.5) * 1e3, 2),
-            "p99_ms": round(percentile(ordered, 0.99) * 1e3, 2),
-            "warmup_writes": warm, "initial_revision": initial, "final_revision": final,
-            "checked": True, "filesystem": fs, "reason": None}
+    return entries
+
+
+def _other_cpus() -> set[int] | None:
+    """The CPUs this process is not pinned to (all of them when it is on every one)."""
+    try:
+        mine = os.sched_getaffinity(0)
+    except AttributeError:
+        return None
+    every = set(range(os.cpu_count() or 1))
+    return (every - mine) or every
+
+
+def drive(base: str, bodies: Sequence[Mapping[str, Any]], clients: int,
+          settings: WritesSettings) -> dict[str, Any]:
+    """Run the clients (``bench.api_client``, a process of its own on the other CPUs) against
+    the API at ``base``; what they were answered."""
+    import json
+    import sys
+
+    job = {"base": base, "token": TOKEN, "path": "/api/v1/tenants/b", "bodies": list(bodies),
+           "clients": clients, "warmup": settings.warmup, "seconds": settings.seconds,
+           "max_writes": settings.max_writes}
+    proc = subprocess.Popen([sys.executable, "-m", "bench.api_client"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    cpus = _other_cpus()
+    if cpus is not None:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(proc.pid, cpus)
+    try:
+        out, err = proc.communicate(json.dumps(job), timeout=settings.seconds + 120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"api-writes: the client process failed:\n{err[-2000:]}")
+    said: dict[str, Any] = json.loads(out)
+    return said
+
+
+def _check_writes(daemon: Any, base: str, said: Mapping[str, Any], initial: int,
+                  bodies: Sequence[Mapping[str, Any]], what: str) -> dict[str, Any]:
+    """Check a run's answers against the daemon and the gateway; its figures."""
+    import httpx
+
+    from portico.classify.rules import Direction
+
+    if said["failures"]:
+        raise MismatchError(f"api-writes ({what}): {said['failures'][0]}")
+    answers = said["answers"]
+    refused = [a for a in answers if a[0] != 200]
+    if refused:
+        raise MismatchError(f"api-writes ({what}): a write answered {refused[0][0]} "
+                            f"{refused[0][1]}, not 200")
+    revisions = sorted(a[1] for a in answers)
+    if revisions != list(range(initial + 1, initial + len(answers) + 1)):
+        raise MismatchError(f"api-writes ({what}): the {len(answers)} writes were answered "
+                            f"revisions {revisions[:3]}...{revisions[-3:]}, not each of "
+                            f"{initial + 1}..{initial + len(answers)} once")
+    final = _check_revision(daemon, initial + len(answers), f"api-writes ({what})")
+    health = httpx.get(f"{base}/healthz", timeout=30).json()
+    if health.get("revision") != final:
+        raise MismatchError(f"api-writes ({what}): /healthz says revision "
+                            f"{health.get('revision')}, not {final}")
+    last = max(answers, key=lambda a: a[1])
+    rule = bodies[last[2]]["router"]["firewall"]["egress"][0]
+    with daemon.lock:
+        rules = daemon.gateway.firewalls.tenants[daemon.config.tenants["b"].id].rules
+        running = [r.priority for r in rules[Direction.EGRESS].ordered() if r.id == rule["id"]]
+    if running != [rule["priority"]]:
+        raise MismatchError(f"api-writes ({what}): the gateway's rule {rule['id']!r} has "
+                            f"priority {running}, the last write said {rule['priority']}")
+    timed = sorted(a[3] for a in answers if a[4])
+    seconds = said["seconds"]
+    return {"writes": len(timed), "seconds": round(seconds, 3),
+            "writes_per_s": round(len(timed) / seconds, 1) if seconds else None,
+            "p50_ms": round(percentile(timed, 0.5) * 1e3, 2),
+            "p99_ms": round(percentile(timed, 0.99) * 1e3, 2),
+            "warmup_writes": len(answers) - len(timed), "initial_revision": initial,
+            "final_revision": final, "checked": True}
 
 
 def with_priority(tenant: Mapping[str, Any], egress: Sequence[Mapping[str, Any]],
@@ -647,10 +695,11 @@ def _format_writes(entries: Sequence[dict[str, Any]]) -> list[str]:
     rows = [e for e in entries if e["name"] == "api-writes"]
     if not rows:
         return []
-    lines = ["", "api-writes: sequential PUT /api/v1/tenants/b over HTTP (uvicorn in a thread, "
-             "one httpx client, one process); each write durable and in effect when answered",
-             f"{'store':<8}{'writes':>8}{'seconds':>9}{'writes/s':>10}{'p50 ms':>8}{'p99 ms':>8}"
-             f"{'revision':>10}  where"]
+    lines = ["", "api-writes: PUT /api/v1/tenants/b over HTTP, back to back on keep-alive "
+             "connections from a client process (uvicorn in a thread of the bench, on its "
+             "CPU); each write durable and in effect when answered",
+             f"{'store':<8}{'clients':>8}{'writes':>8}{'seconds':>9}{'writes/s':>10}"
+             f"{'p50 ms':>8}{'p99 ms':>8}{'revision':>10}  where"]
     for e in rows:
         if e["writes_per_s"] is None:
             lines.append(f"{e['store']:<8}  not measured: {e['reason']}")
@@ -658,11 +707,12 @@ def _format_writes(entries: Sequence[dict[str, Any]]) -> list[str]:
         where = e["filesystem"] or "?"
         if e.get("etcd_version"):
             where = f"etcd {e['etcd_version']}, one member, data on {where}"
-        lines.append(f"{e['store']:<8}{e['writes']:>8,}{e['seconds']:>9.2f}"
-                     f"{e['writes_per_s']:>10,.0f}{e['p50_ms']:>8.2f}{e['p99_ms']:>8.2f}"
-                     f"{e['final_revision']:>10}  {where}")
-    lines.append("checked: every answer 200 at the next revision; the store, the daemon and "
-                 "/healthz at initial + writes; the gateway holds the last write")
+        lines.append(f"{e['store']:<8}{e.get('clients', 1):>8}{e['writes']:>8,}"
+                     f"{e['seconds']:>9.2f}{e['writes_per_s']:>10,.0f}{e['p50_ms']:>8.2f}"
+                     f"{e['p99_ms']:>8.2f}{e['final_revision']:>10}  {where}")
+    lines.append("checked: every answer 200, the revisions answered each one after the initial "
+                 "once; the store, the daemon and /healthz at the last; the gateway holds the "
+                 "write answered last")
     return lines
 
 
@@ -676,12 +726,19 @@ def control_target_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
         lines.append(f"config-apply <= {ms:g} ms median from a change to its effect with "
                      f"{rules_target:,} rules{here}: {e['median_ms']:.1f} ms, "
                      f"{'met' if e['median_ms'] <= ms else 'MISSED'}")
-    writes = {e["store"]: e for e in entries if e["name"] == "api-writes"}
+    # Per store, the run that wrote fastest (the rate the server sustains).
+    writes: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        if e["name"] == "api-writes":
+            best = writes.get(e["store"])
+            if best is None or (best["writes_per_s"] or 0) < (e["writes_per_s"] or 0):
+                writes[e["store"]] = e
     if writes:
         sqlite = writes.get("sqlite")
         if sqlite is not None and sqlite["writes_per_s"] is not None:
             got = sqlite["writes_per_s"]
-            text = f"{got:,.0f}/s, {'met' if got >= TARGET_WRITES else 'MISSED'}"
+            text = (f"{got:,.0f}/s{_clients_text(sqlite)}, "
+                    f"{'met' if got >= TARGET_WRITES else 'MISSED'}")
         else:
             text = "not measured"
         etcd = writes.get("etcd")
@@ -690,7 +747,12 @@ def control_target_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
         elif etcd["writes_per_s"] is None:
             beside = f"not measured ({etcd['reason']})"
         else:
-            beside = f"{etcd['writes_per_s']:,.0f}/s"
+            beside = f"{etcd['writes_per_s']:,.0f}/s{_clients_text(etcd)}"
         lines.append(f"api-writes >= {TARGET_WRITES:,.0f}/s on SQLite: {text}; "
                      f"on etcd beside it: {beside}")
     return lines
+
+
+def _clients_text(entry: Mapping[str, Any]) -> str:
+    clients = entry.get("clients")
+    return "" if clients is None else f" ({clients} client{'s' * (clients > 1)})"

@@ -666,14 +666,19 @@ class RuleSet:
     def replace_all(self, rules: Iterable[Rule]) -> RuleChange:
         """Make the set exactly ``rules``: one change, reported as a diff by id."""
         new = list(rules)
-        for rule in new:
+        # A rule held as it is (the same object: rules are immutable) was checked when it
+        # went in, and containers are never removed: only the others are checked and
+        # compared, so one changed rule among 10k costs identity tests, not 10k checks.
+        fresh = [rule for rule in new
+                 if not isinstance(rule, Rule) or self._rules.get(rule.id) is not rule]
+        for rule in fresh:
             self._check(rule)
         _check_unique(new)
         new_ids = {rule.id for rule in new}
         removed = {rule_id for rule_id in self._rules if rule_id not in new_ids}
         added: set[str] = set()
         updated: set[str] = set()
-        for rule in new:
+        for rule in fresh:
             old = self._rules.get(rule.id)
             if old is None:
                 added.add(rule.id)
@@ -683,7 +688,7 @@ class RuleSet:
             return RuleChange(version=self.version)
         for rule_id in removed | updated:
             self._delete(self._rules[rule_id])
-        for rule in new:
+        for rule in fresh:
             if rule.id in added or rule.id in updated:
                 self._insert(rule)
         return self._commit(added=added, removed=removed, updated=updated)

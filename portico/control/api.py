@@ -8,11 +8,16 @@ model as the file (``portico.control.model``), so the OpenAPI document at
 =====================================  ==============================================
 ``GET /api/v1/config``                 the desired state and its revision
 ``PUT /api/v1/config``                 replace it whole (``portico apply``)
-``GET|PUT|DELETE /api/v1/tenants/N``   one tenant (DELETE: refused while referenced)
+``GET /api/v1/tenants``                every tenant and the revision (``?objects=false``: names)
+``GET|PUT|DELETE /api/v1/tenants/N``   one tenant (PUT creates or replaces; DELETE:
+                                       refused while referenced)
+``GET /api/v1/ports``                  every port and the revision (``?objects=false``: names)
 ``GET|PUT|DELETE /api/v1/ports/N``     one port
-``GET|PUT /api/v1/provider``           the provider router
+``GET|PUT /api/v1/provider``           the provider router (one object: no list, no delete)
 ``GET /api/v1/stats``                  the running gateway's counters
 ``GET /api/v1/flows``                  the flow cache, filtered (``dpctl/dump-flows``)
+``POST /api/v1/trace``                 one packet through every stage, on a copy of the
+                                       learned state (``ofproto/trace``; ``control.trace``)
 ``GET /metrics``                       Prometheus text
 ``GET /healthz``                       liveness, without a token
 =====================================  ==============================================
@@ -31,14 +36,16 @@ compared in constant time (``hmac.compare_digest``).
 import hmac
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from portico.control.daemon import Applied, Daemon
 from portico.control.model import Config, ConfigError, Port, Provider, Tenant, format_path
-from portico.control.store import Conflict, StoreError
+from portico.control.store import Conflict, StoreError, document_of
+from portico.control.trace import TraceRequest
+from portico.control.trace import trace as trace_packet
 
 API = "/api/v1"
 
@@ -70,8 +77,9 @@ def make_app(daemon: Daemon, token: str) -> FastAPI:
                   description="The gateway's desired state and running state.")
     bearer = HTTPBearer(auto_error=False)
 
-    def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                          Depends(bearer)]) -> None:
+    async def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                                Depends(bearer)]) -> None:
+        # async: a plain function would cost every request a hop to the thread pool.
         given = credentials.credentials if credentials is not None else ""
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, detail="a valid bearer token is required",
@@ -106,13 +114,16 @@ def make_app(daemon: Daemon, token: str) -> FastAPI:
 
     @app.get(f"{API}/config", dependencies=guarded)
     def get_config() -> dict[str, Any]:
-        return {"revision": daemon.store.read().revision, "config": daemon.document()}
+        # One store read: the revision and the objects agree, so a client that writes
+        # back with If-Match on this revision cannot overwrite a change it never saw.
+        snapshot = daemon.store.read()
+        return {"revision": snapshot.revision, "config": document_of(snapshot.objects)}
 
     @app.put(f"{API}/config", dependencies=guarded)
     async def put_config(request: Request, config: Config,
                              if_match: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         document = await request.json()  # stored as written; ``config`` validated it
-        return _applied(daemon.apply(document, expect=_expect(if_match)))
+        return _applied(daemon.apply(document, expect=_expect(if_match), parsed=config))
 
     def object_routes(kind: str, model: type, *, deletable: bool) -> None:
         def key(name: str) -> str:
@@ -129,8 +140,9 @@ def make_app(daemon: Daemon, token: str) -> FastAPI:
         async def put_one(name: str, request: Request,
                           body: model,  # type: ignore[valid-type]
                           if_match: Annotated[str | None, Header()] = None) -> dict[str, Any]:
-            document = await request.json()
-            return _applied(daemon.put_object(key(name), document, expect=_expect(if_match)))
+            document = await request.json()  # stored as written; ``body`` validated it
+            return _applied(daemon.put_object(key(name), document, expect=_expect(if_match),
+                                              parsed=body))
 
         if deletable:
             @app.delete(f"{API}/{kind}/{{name}}", dependencies=guarded, name=f"delete_{kind}")
@@ -151,8 +163,9 @@ def make_app(daemon: Daemon, token: str) -> FastAPI:
     @app.put(f"{API}/provider", dependencies=guarded)
     async def put_provider(request: Request, body: Provider,
                            if_match: Annotated[str | None, Header()] = None) -> dict[str, Any]:
-        document = await request.json()
-        return _applied(daemon.put_object("provider", document, expect=_expect(if_match)))
+        document = await request.json()  # stored as written; ``body`` validated it
+        return _applied(daemon.put_object("provider", document, expect=_expect(if_match),
+                                          parsed=body))
 
     @app.get(f"{API}/stats", dependencies=guarded)
     def stats() -> dict[str, Any]:
@@ -187,5 +200,31 @@ def make_app(daemon: Daemon, token: str) -> FastAPI:
                                      extra={"portico_revision": daemon.revision,
                                             "portico_reconfigurations_total":
                                                 daemon.reconfigurations})
+
+    def list_route(kind: str) -> None:
+        # One store read: the names, the objects and the revision they are at agree, so
+        # a client may edit one and write it back with If-Match on that revision.
+        @app.get(f"{API}/{kind}", dependencies=guarded, name=f"list_{kind}")
+        def list_all(response: Response, objects: bool = True) -> dict[str, Any]:
+            snapshot = daemon.store.read()
+            items = {key.split("/", 1)[1]: value for key, value in snapshot.objects.items()
+                     if key.startswith(f"{kind}/")}
+            response.headers["ETag"] = f'"{snapshot.revision}"'
+            listed: dict[str, Any] = {"revision": snapshot.revision, "names": list(items)}
+            if objects:
+                listed["items"] = items
+            return listed
+
+    list_route("tenants")
+    list_route("ports")
+
+    @app.post(f"{API}/trace", dependencies=guarded)
+    def post_trace(request: TraceRequest) -> dict[str, Any]:
+        # Under the lock: the sandbox is a consistent copy, and the tables it shares
+        # with the gateway do not change while the packet runs (``Gateway.sandbox``).
+        with daemon.lock:
+            report = trace_packet(daemon.gateway, request)
+            return {"revision": daemon.revision,
+                    "generation": daemon.gateway.topology.generation, **report}
 
     return app

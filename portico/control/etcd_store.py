@@ -38,12 +38,16 @@ nothing.
 *A read* is one range over the prefix, in pages of ``PAGE`` keys all pinned to
 the etcd revision of the first page's header, so objects and the revision key
 come from one point in etcd's history: a snapshot never holds part of a commit.
+A key whose value is the one it had at the last read is not decoded again (the
+snapshot holds the same object), so a read after a one-tenant change decodes that
+tenant only.
 
 *A watch* reads; if the store is not yet past ``after``, it opens a ``/v3/watch``
 stream on the revision key starting just after the read's etcd revision (so no
 commit can slip between the read and the watch) and blocks on it until an event
 arrives or the time runs out; an event means a commit, and the snapshot is read
-again. Each call opens its own stream and closes it on return.
+again. ``wait`` is the same with the revision key alone read, never the objects.
+Each call opens its own stream and closes it on return.
 
 *Errors.* An unreachable etcd, a timeout or a refused request is a
 ``StoreError`` naming the url. A commit whose answer is lost (a timeout after
@@ -62,7 +66,7 @@ from typing import Any
 
 import httpx
 
-from portico.control.store import Conflict, Snapshot, StoreError, encode_changes
+from portico.control.store import Conflict, Snapshot, StoreError, Value, encode_changes
 
 DEFAULT_PREFIX = "/portico/"
 DEFAULT_PORT = 2379
@@ -118,6 +122,7 @@ class EtcdStore:
         self._revision_key = self._prefix + b"revision"
         self._closed = False
         self._commit_lock = threading.Lock()  # this process's commits queue, not race
+        self._decoded: dict[str, tuple[str, dict]] = {}  # name -> (base64 value, object)
         self._http = httpx.Client(
             base_url=f"http://{host}:{port}",
             timeout=httpx.Timeout(REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT),
@@ -136,7 +141,8 @@ class EtcdStore:
     def read(self) -> Snapshot:
         return self._read()[0]
 
-    def commit(self, changes: Mapping[str, dict | None], *, expect: int | None = None) -> int:
+    def commit(self, changes: Mapping[str, Value | None], *,
+               expect: int | None = None) -> int:
         encoded = encode_changes(self.url, changes)
         if not encoded:
             current = self._current_revision()
@@ -195,6 +201,16 @@ class EtcdStore:
             if remaining <= 0 or not self._wait_for_commit(etcd_revision + 1, remaining):
                 return None
 
+    def wait(self, after: int, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            revision, etcd_revision = self._current_revision_at()
+            if revision > after:
+                return revision
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._wait_for_commit(etcd_revision + 1, remaining):
+                return None
+
     def close(self) -> None:
         self._closed = True
         self._http.close()
@@ -216,6 +232,8 @@ class EtcdStore:
         pinned = 0
         revision = 0
         objects: dict[str, dict] = {}
+        before = self._decoded
+        decoded: dict[str, tuple[str, dict]] = {}
         while True:
             request: dict[str, Any] = {"key": _b64(start), "range_end": _b64(end),
                                        "limit": str(PAGE)}
@@ -231,20 +249,31 @@ class EtcdStore:
                     revision = self._revision_value(kv)
                     continue
                 name = key[len(self._prefix):].decode("utf-8", "replace")
-                try:
-                    objects[name] = json.loads(_unb64(kv.get("value", "")))
-                except ValueError as exc:
-                    raise StoreError(
-                        f"{self.url}: the value of {name!r} is corrupt ({exc})"
-                    ) from None
+                text = kv.get("value", "")
+                last = before.get(name)
+                if last is not None and last[0] == text:
+                    objects[name] = last[1]
+                else:
+                    try:
+                        objects[name] = json.loads(_unb64(text))
+                    except ValueError as exc:
+                        raise StoreError(
+                            f"{self.url}: the value of {name!r} is corrupt ({exc})"
+                        ) from None
+                decoded[name] = (text, objects[name])
             if not answer.get("more") or not kvs:
+                self._decoded = decoded  # racing readers leave either's: both are right
                 return Snapshot(revision, objects), pinned
             start = _unb64(kvs[-1]["key"]) + b"\0"
 
     def _current_revision(self) -> int:
+        return self._current_revision_at()[0]
+
+    def _current_revision_at(self) -> tuple[int, int]:
+        """The store's revision and the etcd revision it was read at."""
         answer = self._call("/v3/kv/range", {"key": _b64(self._revision_key)})
         kvs = answer.get("kvs", [])
-        return self._revision_value(kvs[0]) if kvs else 0
+        return (self._revision_value(kvs[0]) if kvs else 0), self._header_revision(answer)
 
     def _wait_for_commit(self, start_revision: int, timeout: float) -> bool:
         """Block until the revision key changes at or after etcd revision

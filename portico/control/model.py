@@ -58,6 +58,15 @@ a file with errors in several places gets them all in one answer; fixing a
 field error may still reveal an object or cross-section error behind it
 (as a compiler reports type errors only once the file parses).
 
+*Changing a part.* A config is stored and changed by parts: a port, a tenant,
+the provider. ``parse_part`` runs layers 1 and 2 on one part, and
+``replace_parts`` layer 3 on a parsed config with some parts replaced (pydantic
+takes the unchanged parts, model instances, as they are), so a change is
+validated for the cost of what it changes, with the very problems and paths
+``parse_config`` of the whole changed document gives. Rules are memoized by
+their fields as written (types included: ``true`` is not ``1``), so a tenant's
+unchanged rules cost a lookup each when the tenant is validated again.
+
 *Errors.* ``parse_config`` and ``load_config`` raise ``ConfigError``: a
 ``ValueError`` carrying every ``(path, message)`` problem, one line each,
 with paths written the way the config reads: mapping keys as ``.name``, list
@@ -466,28 +475,29 @@ ContainerMember = Annotated[
 _RULE_ROOT = "rule"
 
 
-# Rules already parsed, by their fields as written: a daemon validates the whole config on
-# every change, and a tenant with 10k rules would parse all of them each time. Rules are
+# Rules already parsed, by their fields as written: a daemon validates a changed tenant
+# whole, and a tenant with 10k rules would parse all of them on every change. Rules are
 # immutable, so a parsed one can be shared; the memo is bounded, emptied when full.
-_PARSED_RULES: dict[tuple[Any, ...], tuple[tuple[Any, ...], Rule]] = {}
+_PARSED_RULES: dict[tuple[Any, ...], Rule] = {}
 _PARSED_RULES_MAX = 1 << 18
 
 
 def _rule(value: object) -> Rule:
     if isinstance(value, Rule):
         return value
-    key = None
+    key: tuple[Any, ...] | None = None
     if isinstance(value, dict):
-        try:  # the fields as written, with their types (True is not 1, 10.0 not 10)
-            key = tuple(sorted((k, type(v).__name__, tuple(v) if isinstance(v, list) else v)
-                               for k, v in value.items()))
-            hash(key)
-        except TypeError:
-            key = None  # an unhashable field: let the rule model say what is wrong
-        else:
+        # The key: the fields as written with their types (True is not 1, 10.0 not 10,
+        # and == alone would take one for the other), built in C. Field order counts:
+        # the same rule written in another order only misses the memo. This runs for
+        # each of a tenant's rules on every change to the tenant: it is kept to a lookup.
+        try:
+            key = (tuple(value.items()), tuple(map(type, value.values())))
             found = _PARSED_RULES.get(key)
-            if found is not None and found[0] == key:
-                return found[1]
+        except TypeError:  # a list or a mapping where a rule takes scalars: refused below
+            key = found = None
+        if found is not None:
+            return found
     try:
         rule = Rule.from_dict(value, where=_RULE_ROOT)
     except RuleError as error:
@@ -502,7 +512,7 @@ def _rule(value: object) -> Rule:
     if key is not None:
         if len(_PARSED_RULES) >= _PARSED_RULES_MAX:
             _PARSED_RULES.clear()
-        _PARSED_RULES[key] = (key, rule)
+        _PARSED_RULES[key] = rule
     return rule
 
 
@@ -890,14 +900,21 @@ class Firewall(_Model):
         self._check_cycles(problems)
         for direction in ("ingress", "egress"):
             rules: tuple[Rule, ...] = getattr(self, direction)
-            ids: dict[str, int] = {}
+            # First in bulk (a tenant may hold 10k rules, checked on every change to it);
+            # the rule by rule walk below only runs to say where a problem is.
+            ids = {rule.id for rule in rules}
+            used = {rule.src.container for rule in rules} | {rule.dst.container for rule in rules}
+            used.discard(None)
+            if len(ids) == len(rules) and used <= self.containers.keys():
+                continue
+            first: dict[str, int] = {}
             for k, rule in enumerate(rules):
-                if rule.id in ids:
+                if rule.id in first:
                     problems.add(
                         (direction, k, "id"),
-                        f"duplicate id {rule.id!r} (also {direction}[{ids[rule.id]}])",
+                        f"duplicate id {rule.id!r} (also {direction}[{first[rule.id]}])",
                     )
-                ids.setdefault(rule.id, k)
+                first.setdefault(rule.id, k)
                 for side in ("src", "dst"):
                     name = getattr(rule, side).container
                     if name is not None and name not in self.containers:
@@ -1325,6 +1342,68 @@ def parse_config(source: str | Mapping[str, Any]) -> Config:
         raise ConfigError(problems_of(error)) from None
 
 
+# The parts a config is stored and changed by (``portico.control.store`` keeps one object
+# each): a port, a tenant, or the provider.
+Part = Port | Provider | Tenant
+PART_MODELS: Mapping[str, type[Port] | type[Provider] | type[Tenant]] = {
+    "ports": Port, "provider": Provider, "tenants": Tenant}
+
+
+def parse_part(section: str, name: str | None, value: object) -> Part:
+    """One part of a config validated alone: ``("ports", name)``, ``("tenants", name)`` or
+    ``("provider", None)``. Its fields and its own checks (layers 1 and 2) run; the checks
+    across parts wait for ``replace_parts``. Raises ``ConfigError`` with every problem,
+    its path from the config's root (``tenants.a.router.routes[3].via``), as
+    ``parse_config`` would name it."""
+    model = PART_MODELS[section]
+    loc: Loc = (section,) if name is None else (section, name)
+    problems: list[Problem] = []
+    if name is not None:
+        try:
+            _name(name)
+        except PydanticCustomError as error:
+            problems.append((format_path(loc), error.message()))
+    try:
+        part = model.model_validate(value)
+    except ValidationError as error:
+        problems += [(format_path((*loc, *e["loc"])), _message(e)) for e in error.errors()]
+    if problems:
+        raise ConfigError(problems)
+    return part
+
+
+def replace_parts(config: Config, parts: Mapping[tuple[str, str | None], Part | None]) -> Config:
+    """``config`` with some parts replaced, added, or removed (None; the provider goes back
+    to its default), and the checks across parts (layer 3) run on the result: what
+    ``parse_config`` of the whole changed document gives, at the cost of the changed parts
+    only. Each part must come from ``parse_part`` (or be one of a ``Config``'s): pydantic
+    takes a model instance as it is, without validating it again. Raises ``ConfigError``.
+    """
+    ports: dict[str, Port] = dict(config.ports)
+    tenants: dict[str, Tenant] = dict(config.tenants)
+    data: dict[str, Any] = {"ports": ports, "tenants": tenants}
+    if "provider" in config.model_fields_set:
+        data["provider"] = config.provider
+    for (section, name), part in parts.items():
+        if section == "provider":
+            if part is None:
+                data.pop("provider", None)
+            else:
+                data["provider"] = part
+            continue
+        members: dict[str, Any] = ports if section == "ports" else tenants
+        if section not in ("ports", "tenants") or name is None:
+            raise ValueError(f"{section}/{name}: not a part of a config")
+        if part is None:
+            members.pop(name, None)
+        else:
+            members[name] = part
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(problems_of(error)) from None
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """``parse_config`` of a file; the ``ConfigError``'s ``source`` names the file.
 
@@ -1346,6 +1425,8 @@ __all__ = [
     "Firewall",
     "Nat",
     "Neighbour",
+    "PART_MODELS",
+    "Part",
     "Port",
     "Problem",
     "Provider",
@@ -1364,5 +1445,7 @@ __all__ = [
     "load_config",
     "mac_text",
     "parse_config",
+    "parse_part",
     "problems_of",
+    "replace_parts",
 ]

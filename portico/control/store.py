@@ -33,8 +33,9 @@ together. A tenant is the unit of change: editing one tenant's rules rewrites
 or to None to delete it) atomically and bumps the store's revision by exactly
 one; an empty store is at revision 0. A ``Snapshot`` is the whole state at one
 revision: no reader ever sees part of a commit. A commit is durable when it
-returns (SQLite: WAL with ``synchronous=FULL``; etcd: the raft log is fsynced by
-a quorum), so an acknowledged change survives kill -9 of the writer.
+returns: an acknowledged change survives kill -9 of the writer (SQLite: its log is
+in the operating system's hands, though not fsynced, see ``sqlite_store``; etcd: a
+quorum has fsynced it in the raft log).
 
 *Optimistic concurrency.* ``commit(changes, expect=r)`` applies only if the
 store is still at revision ``r`` and raises ``Conflict`` otherwise: a writer
@@ -46,9 +47,19 @@ checked even for an empty change set, which writes nothing.
 
 *Watching.* ``watch(after, timeout)`` blocks until the store's revision is
 past ``after`` and returns the snapshot then (which may be several commits
-later: watchers see states, not every step), or returns None at the timeout.
-The daemon loops on it: ``snap = store.watch(snap.revision, 1.0) or snap``.
-Commits by other processes and other nodes are seen too.
+later: watchers see states, not every step), or returns None at the timeout:
+``snap = store.watch(snap.revision, 1.0) or snap``. ``wait(after, timeout)`` is the
+same without the read: it returns the revision only, so a watcher that made the
+commit itself (the daemon) learns so without reading anything. Commits by other
+processes and other nodes are seen too.
+
+*Reading cheaply.* A snapshot is the whole state, but a store decodes a row only
+when its stored text differs from the one it decoded at its last read, and hands
+out the same objects for the rows that did not change: one changed tenant costs
+one decode, however large the rest, and a reader can tell unchanged objects by
+identity. That is why snapshots are read-only. A writer may hand ``commit`` an
+``Encoded`` value (``encode``): the JSON text it already made to compare with the
+stored one is written as it is, not encoded again.
 
 *Errors.* ``Conflict`` for a failed ``expect``; ``StoreError`` when the back-end
 cannot be reached or its data is unreadable (the message names the url);
@@ -86,6 +97,18 @@ class Snapshot:
     objects: dict[str, dict]  # key -> JSON-able document
 
 
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """An object with its JSON text, encoded once (``encode``): what a store writes."""
+
+    value: dict
+    text: str
+
+
+# What a commit takes for a key: a document, or one already encoded.
+Value = dict | Encoded
+
+
 class Conflict(Exception):
     """``expect=`` did not match the store's current revision."""
 
@@ -106,7 +129,8 @@ class Store(Protocol):
         """The whole state, at one revision."""
         ...
 
-    def commit(self, changes: Mapping[str, dict | None], *, expect: int | None = None) -> int:
+    def commit(self, changes: Mapping[str, Value | None], *,
+               expect: int | None = None) -> int:
         """Apply all changes atomically (None deletes the key); return the new revision.
         With expect, refuse (Conflict) unless the store is still at that revision. An empty
         change set is a no-op returning the current revision. Durable when it returns."""
@@ -114,6 +138,11 @@ class Store(Protocol):
 
     def watch(self, after: int, timeout: float) -> Snapshot | None:
         """Block until the revision is > after (return the snapshot) or timeout (None)."""
+        ...
+
+    def wait(self, after: int, timeout: float) -> int | None:
+        """Block until the revision is > after (return it) or timeout (None); reads no
+        objects."""
         ...
 
     def close(self) -> None:
@@ -184,10 +213,30 @@ def document_of(objects: Mapping[str, dict]) -> dict[str, Any]:
     return document
 
 
-def encode_changes(url: str, changes: Mapping[str, dict | None]) -> dict[str, str | None]:
+def encode(key: str, value: Any) -> Encoded:
+    """``value`` as the stores write it: compact JSON. Equal texts are equal documents,
+    type for type (``true`` is not ``1``, ``1.0`` not ``1``, which ``==`` does not tell
+    apart). Raises ValueError naming the key and the path of a value that is not plain
+    JSON, or a value that is not an object."""
+    path = key.replace("/", ".")  # as the config document reads: tenants.a.router...
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: a value is a JSON object (dict) or None")
+    try:
+        return Encoded(value, _ENCODER.encode(value))
+    except (TypeError, ValueError) as exc:
+        _check_plain(value, path)
+        raise ValueError(f"{path}: not plain JSON ({exc})") from None
+
+
+# Compact, and refusing NaN and infinities (not JSON); one encoder, made once.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def encode_changes(url: str, changes: Mapping[str, Value | None]) -> dict[str, str | None]:
     """The back-ends' common check and encoding of a change set: each key to its
-    document as compact JSON text, or to None for a delete. Raises ValueError
-    naming a bad key or a value that is not a plain-JSON object."""
+    document as compact JSON text (an ``Encoded`` one as it is), or to None for a
+    delete. Raises ValueError naming a bad key or a value that is not a plain-JSON
+    object."""
     encoded: dict[str, str | None] = {}
     for key, value in changes.items():
         if not isinstance(key, str) or not key:
@@ -196,14 +245,25 @@ def encode_changes(url: str, changes: Mapping[str, dict | None]) -> dict[str, st
             raise ValueError(f"{url}: {key!r} is a reserved key")
         if value is None:
             encoded[key] = None
-            continue
-        if not isinstance(value, dict):
-            raise ValueError(f"{url}: {key}: a value is a JSON object (dict) or None")
-        try:
-            encoded[key] = json.dumps(value, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{url}: {key}: not plain JSON ({exc})") from None
+        elif isinstance(value, Encoded):
+            encoded[key] = value.text
+        else:
+            try:
+                encoded[key] = encode(key, value).text
+            except ValueError as exc:
+                raise ValueError(f"{url}: {exc}") from None
     return encoded
+
+
+def part_of(key: str) -> tuple[str, str | None]:
+    """The config part a key holds: ``tenants/a`` -> ``("tenants", "a")``, ``provider``
+    -> ``("provider", None)``. Raises ValueError for a key of no section."""
+    section, slash, name = key.partition("/")
+    if slash and section in NAMED_SECTIONS and name:
+        return section, name
+    if not slash and section in SINGLE_SECTIONS:
+        return section, None
+    raise ValueError(f"{key!r}: not a config object key")
 
 
 def _plain_object(value: Any, path: str) -> dict:

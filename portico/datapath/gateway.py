@@ -30,7 +30,7 @@ connections alive (``_touch``): a flow the cache forwards never loses either.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from copy import copy
+from copy import copy, deepcopy
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Any
 
@@ -312,6 +312,22 @@ class Gateway:
     def now(self) -> int:
         """The time of the last batch processed (ns), the gateway's clock."""
         return self._now
+
+    def sandbox(self) -> Gateway:
+        """A copy of this gateway to try packets on (``portico trace``); nothing done to
+        it reaches this one.
+
+        It shares what the config compiled (the config, topology, route tables,
+        firewall classifiers: read, not written, by packets, and copying their LPM
+        tables would cost hundreds of MiB), copies everything packets change (MACs,
+        neighbours, connections, NAT bindings, the neighbour queue, every counter),
+        and has no flow cache, so each packet runs the stages. Make it and use it
+        under the lock that orders this gateway's batches: ``set_rules`` changes the
+        shared classifiers in place."""
+        shared: dict[int, Any] = {id(x): x for x in (self.config, self.topology,
+                                                     self.routing, self.firewalls)}
+        shared[id(self.cache)] = None  # every reference to the cache: none in the copy
+        return deepcopy(self, shared)
 
     def runtime(self) -> str:
         return self.pipeline.runtime()

@@ -19,7 +19,7 @@ from bench import control, harness
 from bench.workloads import MismatchError
 
 APPLY = control.ApplySettings(rules=(200,), changes=2)
-WRITES = control.WritesSettings(seconds=30.0, warmup=2, max_writes=6)
+WRITES = control.WritesSettings(seconds=30.0, clients=(1, 3), warmup=2, max_writes=6)
 
 
 def test_config_apply_times_and_checks_every_kind_of_change() -> None:
@@ -74,31 +74,54 @@ def test_a_recompile_not_done_fails_the_run(monkeypatch: pytest.MonkeyPatch) -> 
                                                        kinds=("recompile",)))
 
 
-def _check_writes(entry: dict[str, Any], store: str) -> None:
-    assert entry["name"] == "api-writes" and entry["store"] == store
-    assert entry["checked"] is True and entry["reason"] is None
-    assert entry["writes"] == 6 and entry["warmup_writes"] == 2
-    assert entry["final_revision"] == entry["initial_revision"] + 8
-    assert entry["writes_per_s"] > 0 and 0 < entry["p50_ms"] <= entry["p99_ms"]
+def _check_writes(entries: list[dict[str, Any]], store: str) -> None:
+    assert [e["clients"] for e in entries] == [1, 3]
+    for entry in entries:
+        assert entry["name"] == "api-writes" and entry["store"] == store
+        assert entry["checked"] is True and entry["reason"] is None
+        # max_writes bounds the timed writes of a run; each connection warms up first.
+        assert entry["writes"] == 6 and entry["warmup_writes"] == 2 * entry["clients"]
+        assert entry["final_revision"] == (entry["initial_revision"] + entry["writes"]
+                                           + entry["warmup_writes"])
+        assert entry["writes_per_s"] > 0 and 0 < entry["p50_ms"] <= entry["p99_ms"]
+    # One daemon per store: the second run starts where the first ended.
+    assert entries[1]["initial_revision"] == entries[0]["final_revision"]
 
 
 def test_api_writes_over_http_on_sqlite_and_etcd() -> None:
     entries = control.run_api_writes(WRITES)
-    by_store = {e["store"]: e for e in entries}
+    by_store: dict[str, list[dict[str, Any]]] = {}
+    for e in entries:
+        by_store.setdefault(e["store"], []).append(e)
     assert set(by_store) == {"sqlite", "etcd"}
     _check_writes(by_store["sqlite"], "sqlite")
     if shutil.which("etcd") is None:
-        assert by_store["etcd"]["writes_per_s"] is None
-        assert "not installed" in by_store["etcd"]["reason"]
+        assert by_store["etcd"][0]["writes_per_s"] is None
+        assert "not installed" in by_store["etcd"][0]["reason"]
     else:
         _check_writes(by_store["etcd"], "etcd")
-        assert by_store["etcd"]["etcd_version"]
+        assert all(e["etcd_version"] for e in by_store["etcd"])
     lines = control.format_control(entries)
-    assert any(line.startswith("api-writes: sequential PUT") for line in lines)
+    assert any(line.startswith("api-writes: PUT /api/v1/tenants/b over HTTP") for line in lines)
     assert any(line.startswith("checked: every answer 200") for line in lines)
     (target,) = control.control_target_lines(entries)
     assert target.startswith("api-writes >= 1,000/s on SQLite: ")
     assert "on etcd beside it: " in target
+
+
+def test_api_writes_answers_not_one_revision_each_fail_the_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    drive = control.drive
+
+    def lying(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        said = drive(*args, **kwargs)
+        said["answers"][-1][1] = said["answers"][0][1]  # two writes answered one revision
+        return said
+
+    monkeypatch.setattr(control, "drive", lying)
+    with pytest.raises(MismatchError, match="not each of"):
+        control.run_api_writes(control.WritesSettings(stores=("sqlite",), clients=(2,),
+                                                      warmup=1, max_writes=4))
 
 
 def test_api_writes_without_etcd_says_so(monkeypatch: pytest.MonkeyPatch) -> None:

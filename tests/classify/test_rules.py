@@ -465,6 +465,22 @@ def test_versions_and_changes() -> None:
     assert "c" in rules and "a" not in rules
 
 
+def test_replace_all_with_the_rules_held_checks_and_changes_only_the_others() -> None:
+    known = {"web"}
+    rules = RuleSet(tenant=1, direction=Direction.INGRESS, container_exists=known.__contains__)
+    held = [rule(f"r{n}", n, src="container:web") for n in range(5)]
+    rules.replace_all(held)
+    assert rules.replace_all(held).empty  # the same objects: nothing to do
+    assert rules.replace_all([rule(f"r{n}", n, src="container:web") for n in range(5)]).empty
+    change = rules.replace_all([*held[:4], rule("r4", 40, src="container:web")])
+    assert change.updated == {"r4"} and rules.get("r4").priority == 40  # type: ignore[union-attr]
+    with pytest.raises(RuleError, match="unknown container 'db'"):  # a new rule is checked
+        rules.replace_all([*held[:4], rule("r4", 4, src="container:db")])
+    with pytest.raises(RuleError, match="duplicate id"):  # and ids stay unique
+        rules.replace_all([*held, held[0]])
+    assert rules.get("r4").priority == 40  # type: ignore[union-attr]
+
+
 def test_containers_used() -> None:
     rules = RuleSet(tenant=1, direction=Direction.INGRESS)
     rules.add(rule("a", src="container:web", dst="container:db"))

@@ -184,3 +184,40 @@ def test_the_openapi_document_describes_the_model(client: TestClient) -> None:
         spec["paths"])
     schemas = spec["components"]["schemas"]
     assert {"Config", "Tenant", "Port", "Provider"} <= set(schemas)
+
+
+def test_every_object_kind_is_listed_created_updated_and_deleted(client: TestClient) -> None:
+    tenants = client.get("/api/v1/tenants", headers=AUTH)
+    assert tenants.status_code == 200 and tenants.headers["ETag"] == '"1"'
+    assert tenants.json() == {"revision": 1, "names": ["a", "b"],
+                              "items": document()["tenants"]}
+    assert client.get("/api/v1/ports", params={"objects": "false"}, headers=AUTH).json() == {
+        "revision": 1, "names": ["access", "uplink"]}
+    assert client.get("/api/v1/ports", headers=AUTH).json()["items"]["access"] == {
+        "id": 1, "mtu": 1500}
+    assert client.get("/api/v1/tenants").status_code == 401
+
+    # A port: create, read, update, list, delete.
+    made = client.put("/api/v1/ports/mgmt", json={"id": 7}, headers=AUTH)
+    assert made.json() == {"revision": 2, "changed": {"ports/mgmt": "added"}}
+    assert client.get("/api/v1/ports/mgmt", headers=AUTH).json() == {"id": 7}
+    assert client.put("/api/v1/ports/mgmt", json={"id": 7, "mtu": 9000},
+                      headers={**AUTH, "If-Match": '"2"'}).status_code == 200
+    listed = client.get("/api/v1/ports", headers=AUTH).json()
+    assert listed["revision"] == 3 and listed["items"]["mgmt"] == {"id": 7, "mtu": 9000}
+    assert sorted(listed["names"]) == ["access", "mgmt", "uplink"]
+    assert client.delete("/api/v1/ports/mgmt", headers=AUTH).status_code == 200
+    assert "mgmt" not in client.get("/api/v1/ports", headers=AUTH).json()["names"]
+    # A tenant the same way; a bad one is refused with its path.
+    tenant = {"id": 3, "switches": {"lan": {"attach": [{"port": "access", "vlan": 30}]}}}
+    assert client.put("/api/v1/tenants/c", json=tenant, headers=AUTH).status_code == 200
+    assert client.get("/api/v1/tenants", headers=AUTH).json()["items"]["c"] == tenant
+    clash = client.put("/api/v1/tenants/d", json={**tenant, "id": 4}, headers=AUTH)
+    assert clash.status_code == 422
+    assert [p["path"] for p in clash.json()["problems"]] == ["tenants.d.switches.lan.attach[0]"]
+    assert client.delete("/api/v1/tenants/c", headers=AUTH).status_code == 200
+    assert client.get("/api/v1/tenants", headers=AUTH).json()["names"] == ["a", "b"]
+    # The provider is one object: read and replaced, never listed or deleted.
+    provider = client.get("/api/v1/provider", headers=AUTH).json()
+    assert provider == document()["provider"]
+    assert client.put("/api/v1/provider", json=provider, headers=AUTH).status_code == 200

@@ -9,74 +9,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 import yaml
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "two-tenants.yaml"
-TOKEN = "daemon-test-token"
-PORTICO = [sys.executable, "-m", "portico"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Running:
-    """A daemon process and how to reach it."""
-
-    def __init__(self, store: str, config: Path = EXAMPLE) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PORTICO_TOKEN": TOKEN}
-        self.proc = subprocess.Popen(
-            [*PORTICO, "daemon", str(config), "--listen", f"127.0.0.1:{self.port}",
-             "--store", store], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.proc.stderr.read().decode() if self.proc.stderr else "")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("the daemon did not come up")
-
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(self.url + path, headers={"Authorization": f"Bearer {TOKEN}"},
-                         timeout=10)
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "PORTICO_TOKEN": TOKEN, "PORTICO_SERVER": self.url}
-        return subprocess.run([*PORTICO, *args], capture_output=True, text=True, timeout=60,
-                              env=env)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[Running]:
-    daemon = Running(f"sqlite:{tmp_path / 'state.db'}")
-    yield daemon
-    daemon.stop()
+from tests.control.conftest import EXAMPLE, PORTICO, TOKEN, Running
 
 
 def edited(path: Path, old: str, new: str) -> Path:
