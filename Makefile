@@ -21,7 +21,11 @@ $(STAMP): pyproject.toml | $(PY)
 # tshark (and capinfos, from wireshark-common) decode our output independently;
 # nft (nftables), ipset and iptables-legacy (iptables) run the classifier's kernel peers
 # (bench/nftables.py, tests/bench/test_nftables_peer.py); etcd (etcd-server) is the shared
-# store's back-end, started on loopback by tests/control/test_store.py.
+# store's back-end, started on loopback by tests/control/test_store.py; the reference CNI
+# plugins (containernetworking-plugins, in /usr/lib/cni) run portico-cni as their IPAM
+# plugin in tests/services/naas/test_cni_plugins.py; ping, curl and iperf3 are the users'
+# clients the live tests (tests/test_up.py) drive through the gateway, and the lab turns
+# the veth offloads off with ethtool.
 system-deps:
 	@command -v tshark >/dev/null 2>&1 || { \
 	  echo "installing tshark (Debian package)"; \
@@ -43,6 +47,16 @@ system-deps:
 	  apt-get update -q >/dev/null && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server >/dev/null; }
 	@command -v etcd >/dev/null 2>&1 || { echo "etcd is required by the tests: install it (apt-get install etcd-server)"; exit 1; }
+	@test -x /usr/lib/cni/ptp || { \
+	  echo "installing the reference CNI plugins (Debian package containernetworking-plugins)"; \
+	  apt-get update -q >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q containernetworking-plugins >/dev/null; }
+	@test -x /usr/lib/cni/ptp || { echo "the CNI plugins ptp and bridge are required by the tests: install them (apt-get install containernetworking-plugins)"; exit 1; }
+	@{ command -v iperf3 && command -v ping && command -v curl && command -v ethtool; } >/dev/null 2>&1 || { \
+	  echo "installing iperf3, ping, curl and ethtool (Debian packages iperf3, iputils-ping, curl, ethtool)"; \
+	  apt-get update -q >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q iperf3 iputils-ping curl ethtool >/dev/null; }
+	@{ command -v iperf3 && command -v ping && command -v curl && command -v ethtool; } >/dev/null 2>&1 || { echo "iperf3, ping, curl and ethtool are required by the live tests: install them (apt-get install iperf3 iputils-ping curl ethtool)"; exit 1; }
 
 # The main job on the embedded default: the two-tenant example gateway over generated
 # traffic (both tenants' flows to the Internet and back, inbound port forwarding, and

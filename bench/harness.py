@@ -106,6 +106,7 @@ from bench.flowcache import (
     run_flowcache,
 )
 from bench.lpm import FULL_LPM, QUICK_LPM, LpmSettings, format_lpm, lpm_target_lines, run_lpm
+from bench.naas import FULL_NAAS, QUICK_NAAS, NaasSettings, format_naas, run_naas_alloc
 from bench.peers import PEERS
 from bench.pipeline import (
     FULL_FLOWS,
@@ -142,12 +143,12 @@ from bench.workloads import (
 
 # Beside the packet workloads: route lookups (bench/lpm.py), the container
 # classifier (bench/classify.py), the flow cache (bench/flowcache.py) and the
-# gateway end to end (bench/pipeline.py) and the control plane (bench/control.py), each
-# reported in its own table.
+# gateway end to end (bench/pipeline.py), the control plane (bench/control.py) and the NaaS
+# allocator (bench/naas.py), each reported in its own table.
 CLASSIFY_WORKLOADS = ("classify", "classify-update")
 PIPELINE_WORKLOADS = ("pipeline-hit", "pipeline-miss", "pipeline-flows")
 ALL_WORKLOADS = (*WORKLOADS, "lpm", *CLASSIFY_WORKLOADS, "flowcache", *PIPELINE_WORKLOADS,
-                 *CONTROL_WORKLOADS)
+                 *CONTROL_WORKLOADS, "naas-alloc")
 PEER_NAMES = ("struct", "dpkt", "scapy")
 RESIDENT = 1 << 14  # packets in the cache-resident working set: 4 MiB of slots
 SWEEP = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -176,6 +177,7 @@ class Settings:
     pipeline_flows: FlowsSettings = FULL_FLOWS
     config_apply: ApplySettings = FULL_APPLY
     api_writes: WritesSettings = FULL_WRITES
+    naas_alloc: NaasSettings = FULL_NAAS
 
 
 FULL = Settings(packets=1 << 18, batches=SWEEP, repeats=7,
@@ -184,7 +186,7 @@ QUICK = Settings(packets=1 << 16, batches=(256, 4096), repeats=3,
                  samples={"struct": 20_000, "dpkt": 5_000, "scapy": 500}, quick=True,
                  lpm=QUICK_LPM, classify=QUICK_CLASSIFY, flowcache=QUICK_FLOWCACHE,
                  pipeline=QUICK_PIPELINE, pipeline_miss=QUICK_MISS, pipeline_flows=QUICK_FLOWS,
-                 config_apply=QUICK_APPLY, api_writes=QUICK_WRITES)
+                 config_apply=QUICK_APPLY, api_writes=QUICK_WRITES, naas_alloc=QUICK_NAAS)
 
 
 # ---------------------------------------------------------------- timing
@@ -394,6 +396,8 @@ def run_bench(settings: Settings, workloads: Sequence[str],
         entries += run_config_apply(settings.config_apply, status)
     if "api-writes" in workloads:
         entries += run_api_writes(settings.api_writes, status)
+    if "naas-alloc" in workloads:
+        entries += run_naas_alloc(settings.naas_alloc, status)
     run = {"quick": settings.quick,
            "repeats": settings.repeats, "peer_repeats": settings.peer_repeats,
            "traffic": "64-byte IPv4 frames, TCP/UDP 50/50, 100k flows, uniform",
@@ -450,6 +454,7 @@ def format_table(report: dict[str, Any]) -> str:
     lines += format_flowcache(report["workloads"])
     lines += format_pipeline(report["workloads"])
     lines += format_control(report["workloads"])
+    lines += format_naas(report["workloads"])
     lines += [""] + [f"target: {line}" for line in target_lines(report)]
     return "\n".join(lines)
 
@@ -568,7 +573,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                                    if batches else base.pipeline_miss),
                     pipeline_flows=(dataclasses.replace(base.pipeline_flows, batches=batches)
                                     if batches else base.pipeline_flows),
-                    config_apply=base.config_apply, api_writes=base.api_writes)
+                    config_apply=base.config_apply, api_writes=base.api_writes,
+                    naas_alloc=base.naas_alloc)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -47,6 +47,7 @@ examples:
   PORTICO_TOKEN=s3cret portico apply examples/two-tenants.yaml --dry-run
   portico lab up examples/lab-two-tenants.yaml    # namespaces and veth pairs for live ports
   portico lab down examples/lab-two-tenants.yaml
+  portico naas serve --store sqlite:/var/lib/portico/naas.db --pool media=198.51.100.0/28
   portico bench --quick
 
 exit codes: 0 ok, 1 the work failed (bad input file, I/O), 2 bad usage, 130 interrupted.
@@ -266,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     from portico.control.commands import add_commands
 
     add_commands(sub)
+
+    from portico.services.naas.commands import add_naas_command
+
+    add_naas_command(sub)
 
     from portico import lab
 
