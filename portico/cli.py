@@ -45,7 +45,10 @@ examples:
   portico run examples/two-tenants.yaml --in traffic.pcapng --out out.pcapng --trace 3
   PORTICO_TOKEN=s3cret portico daemon examples/two-tenants.yaml --replay traffic.pcapng
   PORTICO_TOKEN=s3cret portico apply examples/two-tenants.yaml --dry-run
+  PORTICO_TOKEN=s3cret portico set ports/uplink mtu=9000
+  PORTICO_TOKEN=s3cret portico trace --port uplink --src 192.0.2.7 --dst 198.51.100.10
   portico lab up examples/lab-two-tenants.yaml    # namespaces and veth pairs for live ports
+  PORTICO_TOKEN=s3cret portico up gw.yaml --bind uplink=lab-up --bind a=lab-a --bind b=lab-b
   portico lab down examples/lab-two-tenants.yaml
   portico naas serve --store sqlite:/var/lib/portico/naas.db --pool media=198.51.100.0/28
   portico bench --quick
@@ -272,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_naas_command(sub)
 
-    from portico import lab
+    from portico import lab, up
+
+    up.add_command(sub)
 
     lab_parser = sub.add_parser(
         "lab",

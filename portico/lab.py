@@ -16,8 +16,11 @@ runs in (the *host* side), with addresses and routes. It is described as data
       - {namespace: tenant-a, to: default, via: 10.0.0.1}
 
 An end names its interface, its ``namespace`` (none: the host's),
-``addresses``, ``mac`` and ``ipv6`` (false: IPv6 off, so no router or
-neighbour solicitations join the traffic); a link may set its ``mtu``.
+``addresses``, ``mac``, ``ipv6`` (false: IPv6 off, so no router or
+neighbour solicitations join the traffic) and ``offloads`` (false, the
+default: checksum and segmentation offloads off, so the gateway's rings see
+whole frames with whole checksums, as from a real wire); a link may set its
+``mtu``.
 
 Theory of operation: ``Lab`` builds with the ``ip`` command and *records each
 thing before making it*, in memory and, for the CLI, in a JSON state file, so
@@ -92,6 +95,11 @@ class End:
     addresses: tuple[str, ...] = ()
     mac: str | None = None
     ipv6: bool = True
+    # Checksum and segmentation offloads. Off by default: a veth end's kernel would
+    # otherwise hand the other end TCP/UDP frames with their checksum only begun
+    # (CHECKSUM_PARTIAL) and TCP in 64 KiB super-frames, which a user-space datapath
+    # reading the wire through AF_PACKET receives as they are.
+    offloads: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,8 @@ def _name(value: Any, where: str) -> str:
 
 
 def _end(value: Any, where: str, namespaces: set[str]) -> End:
-    data = _check_keys(value, where, {"name", "namespace", "addresses", "mac", "ipv6"})
+    data = _check_keys(value, where, {"name", "namespace", "addresses", "mac", "ipv6",
+                                      "offloads"})
     if "name" not in data:
         raise _fail(where, "an end needs a 'name'")
     name = _name(data["name"], f"{where}.name")
@@ -170,10 +179,12 @@ def _end(value: Any, where: str, namespaces: set[str]) -> End:
     mac = data.get("mac")
     if mac is not None and (not isinstance(mac, str) or not _MAC.match(mac)):
         raise _fail(f"{where}.mac", f"{mac!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
-    ipv6 = data.get("ipv6", True)
-    if not isinstance(ipv6, bool):
-        raise _fail(f"{where}.ipv6", f"expected true or false, got {ipv6!r}")
-    return End(name, namespace, tuple(str(a) for a in addresses), mac, ipv6)
+    flags = {}
+    for flag, default in (("ipv6", True), ("offloads", False)):
+        flags[flag] = data.get(flag, default)
+        if not isinstance(flags[flag], bool):
+            raise _fail(f"{where}.{flag}", f"expected true or false, got {flags[flag]!r}")
+    return End(name, namespace, tuple(str(a) for a in addresses), mac, **flags)
 
 
 def parse_topology(data: Any, *, name: str = "lab") -> Topology:
@@ -206,7 +217,7 @@ def parse_topology(data: Any, *, name: str = "lab") -> Topology:
     for i, raw in enumerate(raw_links):
         where = f"links[{i}]"
         raw = _check_keys(raw, where, {"name", "namespace", "addresses", "mac", "ipv6",
-                                       "peer", "mtu"})
+                                       "offloads", "peer", "mtu"})
         if "peer" not in raw:
             raise _fail(where, "a link needs a 'peer' end")
         end = _end({k: v for k, v in raw.items() if k not in ("peer", "mtu")}, where, known)
@@ -477,10 +488,13 @@ class Lab:
             # The slash form: an interface name may hold dots, which sysctl reads as separators.
             self.run(end.namespace, "sysctl", "-qw", f"net/ipv6/conf/{name}/disable_ipv6=1")
         if mtu is not None:
-            self._ip(end.namespace, "link", "set", name, "mtu", str(mtu))
+            self._ip(end.namespace, "link", "set", "dev", name, "mtu", str(mtu))
+        if not end.offloads:
+            self.run(end.namespace, "ethtool", "-K", name, "tx", "off", "tso", "off", "gso",
+                     "off", "gro", "off")
         for address in end.addresses:
             self._ip(end.namespace, "address", "add", address, "dev", name)
-        self._ip(end.namespace, "link", "set", name, "up")
+        self._ip(end.namespace, "link", "set", "dev", name, "up")
 
     # -- removing -----------------------------------------------------------------------
 
