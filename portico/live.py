@@ -11,8 +11,9 @@ thread at a time). Each turn of the loop
 
 1. takes what each port's ring holds (``receive`` with no wait, at most one
    batch a port, so a busy port cannot starve the others);
-2. on the management port, splits off the management frames, writes the
-   punted ones to the TAP and removes all of them from the batch;
+2. splits off the frames for the management address (punted from the
+   management port, refused from any other: tenants never reach the kernel),
+   writes the punted ones to the TAP and removes all of them from the batch;
 3. runs the gateway over the batch, under the daemon's lock (the API reads
    and reconfigures under the same lock, between two batches);
 4. sends every row that leaves, by its ``out_port``, with one ``send`` per
@@ -104,6 +105,18 @@ class LiveLoop:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def counts(self) -> dict[str, int]:
+        """The loop's counters and its ports', flat (for /stats and /metrics)."""
+        out = {name: value for name, value in vars(self.counters).items()
+               if isinstance(value, int)}
+        for port in self.ports:
+            counters = getattr(port, "counters", None)
+            for name in ("rx_packets", "rx_kernel_drops", "tx_packets", "reopens",
+                         "link_downs"):
+                if counters is not None and isinstance(getattr(counters, name, None), int):
+                    out[f"port{port.port}_{name}"] = getattr(counters, name)
+        return out
+
     # ------------------------------------------------------------------ one turn
     def turn(self) -> int:
         """One pass over the ports; how many frames came in."""
@@ -114,7 +127,7 @@ class LiveLoop:
             if not n:
                 continue
             received += n
-            if self.management is not None and port.port == self.management.port:
+            if self.management is not None:  # every port: tenants' frames to it are refused
                 assert self.tap is not None
                 split = self.management.split(batch, now)
                 if len(split.punt):

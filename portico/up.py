@@ -181,6 +181,9 @@ def run(args: argparse.Namespace) -> int:
                             batch_size=args.batch,
                             counted=lambda batch, received: daemon.ports.count(
                                 batch, received=received))
+            daemon.sources["live"] = loop.counts
+            if management is not None:
+                daemon.sources["management"] = lambda: dict(management.counters)
             loop.start()
             undo.callback(loop.stop)
             daemon.start_watching()

@@ -266,12 +266,26 @@ def test_the_api_answers_in_band_on_the_management_address(gateway: Gateway) -> 
     assert refused.stdout == "401"
 
 
+def _management_counters(gateway: Gateway) -> dict[str, int]:
+    stats = gateway.curl("uplink", f"http://{MGMT}:{API_PORT}/api/v1/stats",
+                         "-H", f"Authorization: Bearer {TOKEN}")
+    assert stats.returncode == 0, stats.stderr
+    counters: dict[str, int] = json.loads(stats.stdout)["management"]
+    return counters
+
+
 def test_management_is_closed_to_tenants_and_to_other_ports(gateway: Gateway) -> None:
+    before = _management_counters(gateway)
     # Tenant traffic never reaches the kernel, not even to the API's own port...
     assert gateway.curl("tenant-a", f"http://{MGMT}:{API_PORT}/healthz",
                         seconds=1).returncode != 0
     # ...and from the uplink only the served ports do (nothing answers on 22, not even RST).
     assert gateway.curl("uplink", f"telnet://{MGMT}:22", seconds=1).returncode == 28  # timeout
+    after = _management_counters(gateway)
+    assert after["refused_tenant"] > before["refused_tenant"]  # counted, not lost
+    assert after["refused_port"] > before["refused_port"]
+    assert after["punted"] > before["punted"]  # the stats requests themselves
+    assert after["rate_limited"] == 0
 
 
 def test_management_comes_back_after_the_datapath_is_killed(gateway: Gateway) -> None:

@@ -171,9 +171,10 @@ def make_app(daemon: Daemon, token: str) -> FastAPI:
     def stats() -> dict[str, Any]:
         with daemon.lock:
             numbers = daemon.gateway.stats()
+            around = {name: dict(read()) for name, read in daemon.sources.items()}
         return {"revision": daemon.revision, "generation": daemon.gateway.topology.generation,
                 "reconfigurations": daemon.reconfigurations,
-                "last_apply_seconds": daemon.last_apply_seconds, **numbers}
+                "last_apply_seconds": daemon.last_apply_seconds, **numbers, **around}
 
     @app.get(f"{API}/flows", dependencies=guarded)
     def flows(tenant: str | None = None, src: str | None = None, dst: str | None = None,
@@ -196,10 +197,13 @@ def make_app(daemon: Daemon, token: str) -> FastAPI:
         from portico.control import metrics as prometheus
 
         with daemon.lock:
-            return prometheus.render(daemon.gateway, ports=daemon.ports,
-                                     extra={"portico_revision": daemon.revision,
-                                            "portico_reconfigurations_total":
-                                                daemon.reconfigurations})
+            extra: dict[str, float] = {"portico_revision": daemon.revision,
+                                       "portico_reconfigurations_total":
+                                           daemon.reconfigurations}
+            for source, read in daemon.sources.items():
+                for counter, value in read().items():
+                    extra[f"portico_{source}_{counter}_total"] = value
+            return prometheus.render(daemon.gateway, ports=daemon.ports, extra=extra)
 
     def list_route(kind: str) -> None:
         # One store read: the names, the objects and the revision they are at agree, so

@@ -254,6 +254,9 @@ class Daemon:
         self._texts = {key: encode(key, value).text for key, value in self.objects.items()}
         self.gateway = Gateway(self.config, cache=cache, flows=flows, seed=seed)
         self.ports = PortCounters()
+        # Counters of the parts around the gateway that the daemon's owner adds (the live
+        # loop, in-band management): by name, read for /stats and /metrics.
+        self.sources: dict[str, Callable[[], Mapping[str, int]]] = {}
         self.reconfigurations = 0
         self.last_apply_seconds = 0.0
         self._stop = threading.Event()
