@@ -1,9 +1,5 @@
-"""Shared by the control-plane tests: a real etcd, and ``portico daemon`` as a real process.
-
-etcd (Debian's etcd-server) is started on loopback on free ports with a
-temporary data directory, once per module that asks for it, and killed at the
-end, also when a test fails; skipped only when the ``etcd`` binary is missing
-(``make test`` installs it, so CI never skips).
+"""Shared by the control-plane tests: ``portico daemon`` as a real process (the real etcd
+they use is ``tests/conftest.py``'s ``etcd``).
 
 ``Running`` starts ``portico daemon`` the way a user does (``python -m
 portico daemon CONFIG --listen ... --store ...``, the token in
@@ -15,7 +11,6 @@ The ``running`` fixture is one on a fresh SQLite store.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -28,31 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.control import start_etcd  # the bench starts its etcd the same way
-
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "two-tenants.yaml"
 TOKEN = "daemon-test-token"
 PORTICO = [sys.executable, "-m", "portico"]
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A running etcd's "HOST:PORT", for the whole module; killed at the end."""
-    if shutil.which("etcd") is None:
-        pytest.skip("etcd is not installed (apt-get install etcd-server)")
-    base = tmp_path_factory.mktemp("etcd")
-    for attempt in range(3):  # a free port may be taken before etcd binds it
-        try:
-            proc, address = start_etcd(base / f"data{attempt}")
-            break
-        except RuntimeError:
-            if attempt == 2:
-                raise
-    try:
-        yield address
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def free_port() -> int:

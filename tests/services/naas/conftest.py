@@ -1,9 +1,7 @@
 """Shared by the NaaS tests: a real etcd, storms in real processes, and portico-cni as a runtime
 finds it.
 
-* ``etcd``: Debian's etcd-server on free loopback ports with a temporary data
-  directory, once per module, killed at the end (also when a test fails);
-  skipped only when the binary is missing (``make test`` installs it).
+* ``etcd``: a real etcd, ``tests/conftest.py``'s.
 * ``storms``: starts ``storm.py`` processes (an allocator in a process of its
   own, one JSON line per acknowledged answer), reads their lines in threads,
   and kills whatever is left at the end of the test.
@@ -18,7 +16,6 @@ finds it.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,29 +28,7 @@ from typing import Any
 
 import pytest
 
-from bench.control import start_etcd
-
 STORM = Path(__file__).with_name("storm.py")
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A running etcd's "HOST:PORT", for the whole module; killed at the end."""
-    if shutil.which("etcd") is None:
-        pytest.skip("etcd is not installed (apt-get install etcd-server)")
-    base = tmp_path_factory.mktemp("etcd")
-    for attempt in range(3):  # a free port may be taken before etcd binds it
-        try:
-            proc, address = start_etcd(base / f"data{attempt}")
-            break
-        except RuntimeError:
-            if attempt == 2:
-                raise
-    try:
-        yield address
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 Runs = Sequence[tuple[int, int]]
