@@ -553,25 +553,35 @@ class Daemon:
 
     def replay(self, path: str, *, batch_size: int = 256, loop: bool = False,
                on_batch: Callable[[Any], None] | None = None) -> None:
-        """A thread that feeds a capture through the gateway (the traffic source for now)."""
+        """A thread that feeds a capture through the gateway (the traffic source when there
+        are no live ports). With ``loop`` the capture runs again and again, its times
+        shifted each pass so the gateway's clock only goes forward. ``on_batch(batch)``
+        is called under the lock, right after the gateway processed the batch: there
+        ``self.revision`` is the revision the batch was decided under."""
         from portico.io.capture import open_capture
 
         def run() -> None:
+            shift = 0
             while not self._stop.is_set():
+                first = last = None
                 with open_capture(path) as reader:
                     for batch in reader.batches(batch_size):
                         if self._stop.is_set():
                             return
-                        now = int(batch.meta["timestamp"][: batch.count].max())
+                        stamps = batch.meta["timestamp"][: batch.count]
+                        first = int(stamps.min()) if first is None else first
+                        last = int(stamps.max())
+                        stamps += shift
                         with self.lock:
-                            sent = self.gateway.process(batch, now)
+                            sent = self.gateway.process(batch, last + shift)
                             self.ports.count(batch)
                             for emitted in sent:
                                 self.ports.count(emitted, received=False)
-                        if on_batch is not None:
-                            on_batch(batch)
-                if not loop:
+                            if on_batch is not None:
+                                on_batch(batch)
+                if not loop or first is None or last is None:
                     return
+                shift += last - first + 1_000_000  # the next pass starts 1 ms later
 
         self._spawn(run, "portico-replay")
 
