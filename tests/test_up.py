@@ -139,7 +139,9 @@ class Gateway:
                              + (self.tmp / "up.log").read_text())
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout=15)
@@ -147,7 +149,7 @@ class Gateway:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
-        return None if self.proc is None else self.proc.returncode
+        return self.proc.returncode
 
     def curl(self, ns: str, url: str, *extra: str, seconds: float = 3
              ) -> subprocess.CompletedProcess[str]:
@@ -164,8 +166,8 @@ def lab() -> Iterator[Lab]:
 @pytest.fixture(scope="module")
 def gateway(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gw = Gateway(lab, tmp_path_factory.mktemp("up"))
-    gw.start()
     try:
+        gw.start()  # inside: a start that fails still stops what it started
         yield gw
     finally:
         gw.stop()
