@@ -16,6 +16,7 @@ constants and cache the machine code on disk. The ranges taken so far:
 128..135  route (``datapath/stages/route.py``)
 136..139  the datapath itself (``datapath/datapath.py``, ``datapath/icmp_quote.py``)
 140..147  firewall (``datapath/stages/firewall.py``)
+148..155  port-range NAT of NaaS (``datapath/stages/portnat.py``)
 240..255  tests' toy stages
 ========  ==========================================================
 
