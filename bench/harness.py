@@ -105,8 +105,22 @@ from bench.flowcache import (
     format_flowcache,
     run_flowcache,
 )
+from bench.live_forward import (
+    FULL_LIVE_FORWARD,
+    QUICK_LIVE_FORWARD,
+    LiveForwardSettings,
+    format_live_forward,
+    run_live_forward,
+)
 from bench.lpm import FULL_LPM, QUICK_LPM, LpmSettings, format_lpm, lpm_target_lines, run_lpm
 from bench.naas import FULL_NAAS, QUICK_NAAS, NaasSettings, format_naas, run_naas_alloc
+from bench.naas_nat import (
+    FULL_NAAS_NAT,
+    QUICK_NAAS_NAT,
+    NaasNatSettings,
+    format_naas_nat,
+    run_naas_nat,
+)
 from bench.peers import PEERS
 from bench.pipeline import (
     FULL_FLOWS,
@@ -143,12 +157,14 @@ from bench.workloads import (
 
 # Beside the packet workloads: route lookups (bench/lpm.py), the container
 # classifier (bench/classify.py), the flow cache (bench/flowcache.py) and the
-# gateway end to end (bench/pipeline.py), the control plane (bench/control.py) and the NaaS
-# allocator (bench/naas.py), each reported in its own table.
+# gateway end to end (bench/pipeline.py), the control plane (bench/control.py), the NaaS
+# allocator (bench/naas.py) and its port-range NAT (bench/naas_nat.py), each reported in its
+# own table; live-forward (bench/live_forward.py) forwards on live ports in namespaces
+# (root only), beside the kernel.
 CLASSIFY_WORKLOADS = ("classify", "classify-update")
 PIPELINE_WORKLOADS = ("pipeline-hit", "pipeline-miss", "pipeline-flows")
 ALL_WORKLOADS = (*WORKLOADS, "lpm", *CLASSIFY_WORKLOADS, "flowcache", *PIPELINE_WORKLOADS,
-                 *CONTROL_WORKLOADS, "naas-alloc")
+                 *CONTROL_WORKLOADS, "naas-alloc", "naas-nat", "live-forward")
 PEER_NAMES = ("struct", "dpkt", "scapy")
 RESIDENT = 1 << 14  # packets in the cache-resident working set: 4 MiB of slots
 SWEEP = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -178,6 +194,8 @@ class Settings:
     config_apply: ApplySettings = FULL_APPLY
     api_writes: WritesSettings = FULL_WRITES
     naas_alloc: NaasSettings = FULL_NAAS
+    naas_nat: NaasNatSettings = FULL_NAAS_NAT
+    live_forward: LiveForwardSettings = FULL_LIVE_FORWARD
 
 
 FULL = Settings(packets=1 << 18, batches=SWEEP, repeats=7,
@@ -186,7 +204,8 @@ QUICK = Settings(packets=1 << 16, batches=(256, 4096), repeats=3,
                  samples={"struct": 20_000, "dpkt": 5_000, "scapy": 500}, quick=True,
                  lpm=QUICK_LPM, classify=QUICK_CLASSIFY, flowcache=QUICK_FLOWCACHE,
                  pipeline=QUICK_PIPELINE, pipeline_miss=QUICK_MISS, pipeline_flows=QUICK_FLOWS,
-                 config_apply=QUICK_APPLY, api_writes=QUICK_WRITES, naas_alloc=QUICK_NAAS)
+                 config_apply=QUICK_APPLY, api_writes=QUICK_WRITES, naas_alloc=QUICK_NAAS,
+                 naas_nat=QUICK_NAAS_NAT, live_forward=QUICK_LIVE_FORWARD)
 
 
 # ---------------------------------------------------------------- timing
@@ -398,6 +417,10 @@ def run_bench(settings: Settings, workloads: Sequence[str],
         entries += run_api_writes(settings.api_writes, status)
     if "naas-alloc" in workloads:
         entries += run_naas_alloc(settings.naas_alloc, status)
+    if "naas-nat" in workloads:
+        entries += run_naas_nat(settings.naas_nat, status)
+    if "live-forward" in workloads:
+        entries += run_live_forward(settings.live_forward, status)
     run = {"quick": settings.quick,
            "repeats": settings.repeats, "peer_repeats": settings.peer_repeats,
            "traffic": "64-byte IPv4 frames, TCP/UDP 50/50, 100k flows, uniform",
@@ -455,6 +478,8 @@ def format_table(report: dict[str, Any]) -> str:
     lines += format_pipeline(report["workloads"])
     lines += format_control(report["workloads"])
     lines += format_naas(report["workloads"])
+    lines += format_naas_nat(report["workloads"])
+    lines += format_live_forward(report["workloads"])
     lines += [""] + [f"target: {line}" for line in target_lines(report)]
     return "\n".join(lines)
 
@@ -574,7 +599,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     pipeline_flows=(dataclasses.replace(base.pipeline_flows, batches=batches)
                                     if batches else base.pipeline_flows),
                     config_apply=base.config_apply, api_writes=base.api_writes,
-                    naas_alloc=base.naas_alloc)
+                    naas_alloc=base.naas_alloc,
+                    naas_nat=(dataclasses.replace(base.naas_nat, batches=batches) if batches
+                              else base.naas_nat),
+                    live_forward=base.live_forward)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -31,6 +31,11 @@ share the cores, so the live rates are a floor for the forwarder, not its
 ceiling. Figures from this machine are in ``portico/io/afpacket.py``'s
 module documentation.
 
+Issue 6's side-by-side figures (a C generator; the kernel, nftables and
+``portico up`` forwarding on one core) are the ``live-forward`` workload,
+``bench/live_forward.py``, which uses this module's pinger (``round_trips``)
+and interface counters.
+
 Usage: ``python -m bench.live [--pings N] [--seconds S] [--variant V] [--json]``
 (as root; the lab is removed afterwards, whatever happens).
 """
@@ -168,9 +173,14 @@ def _echo(ident: int, seq: int) -> bytes:
     return body[:2] + struct.pack("!H", _checksum(body)) + body[4:]
 
 
-def round_trips(lab: Lab, *, pings: int, interval: float) -> list[float]:
-    """ICMP echo round trips client -> server, in ms; lost ones are left out."""
-    with lab.inside("client"):
+def round_trips(lab: Lab, *, pings: int, interval: float, target: str = SERVER_IP,
+                namespace: str = "client", timeout: float = 1.0) -> list[float]:
+    """ICMP echo round trips from ``namespace`` to ``target``, in ms; lost ones are left out.
+
+    Five untimed echoes go first (ARP, a forwarder's first kernel calls); each
+    echo waits ``timeout`` seconds at most for its reply.
+    """
+    with lab.inside(namespace):
         sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     ident = os.getpid() & 0xFFFF
     times = []
@@ -180,8 +190,8 @@ def round_trips(lab: Lab, *, pings: int, interval: float) -> list[float]:
         # Warm up: ARP, the forwarder's first kernel calls.
         for seq in range(pings + 5):
             sent = time.perf_counter()
-            sock.sendto(_echo(ident, seq), (SERVER_IP, 0))
-            deadline = sent + 1.0
+            sock.sendto(_echo(ident, seq), (target, 0))
+            deadline = sent + timeout
             while (left := deadline - time.perf_counter()) > 0:
                 if not poller.poll(left * 1000):
                     break
@@ -198,7 +208,8 @@ def round_trips(lab: Lab, *, pings: int, interval: float) -> list[float]:
     return times
 
 
-def _interface_counter(lab: Lab, namespace: str, name: str, counter: str) -> int:
+def interface_counter(lab: Lab, namespace: str, name: str, counter: str) -> int:
+    """An interface's kernel counter (``rx_packets``...), read in its namespace's sysfs."""
     done = lab.run(namespace, "cat", f"/sys/class/net/{name}/statistics/{counter}")
     return int(done.stdout)
 
@@ -233,14 +244,14 @@ def _drain(lab: Lab, forwarder: subprocess.Popen[str], frames: int) -> tuple[flo
     try:
         queued = blast(lab, 60.0, count=frames)
         time.sleep(0.2)
-        before = _interface_counter(lab, "server", "s0", "rx_packets")
+        before = interface_counter(lab, "server", "s0", "rx_packets")
     finally:
         started = time.monotonic()
         forwarder.send_signal(signal.SIGCONT)
     last_change, seen = started, before
     while time.monotonic() - last_change < 0.3:
         time.sleep(0.005)
-        now_seen = _interface_counter(lab, "server", "s0", "rx_packets")
+        now_seen = interface_counter(lab, "server", "s0", "rx_packets")
         if now_seen != seen:
             seen, last_change = now_seen, time.monotonic()
     moved = seen - before
@@ -268,12 +279,12 @@ def measure(variant: str, *, pings: int, interval: float, seconds: float,
                 raise RuntimeError("the forwarder did not start")
         try:
             times = round_trips(lab, pings=pings, interval=interval)
-            before = _interface_counter(lab, "server", "s0", "rx_packets")
+            before = interface_counter(lab, "server", "s0", "rx_packets")
             started = time.monotonic()
             offered = blast(lab, seconds)
             elapsed = time.monotonic() - started
             time.sleep(0.2)
-            arrived = _interface_counter(lab, "server", "s0", "rx_packets") - before
+            arrived = interface_counter(lab, "server", "s0", "rx_packets") - before
             drained: tuple[float, int] | None = None
             if drain and forwarder is not None and variant != "socket":
                 drained = _drain(lab, forwarder, drain)

@@ -50,6 +50,8 @@ import numpy as np
 from portico.batch import Batch
 from portico.datapath.management import Management
 
+STATISTICS_EVERY = 1_000_000_000  # ns between reads of the ports' kernel counters
+
 
 class LivePort(Protocol):
     """What the loop needs of a port (``AfPacketPort``, ``TapPort``)."""
@@ -104,6 +106,7 @@ class LiveLoop:
         self._from_kernel = Batch(batch_size, slot_size=slot_size)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._statistics_at = 0
 
     def counts(self) -> dict[str, int]:
         """The loop's counters and its ports', flat (for /stats and /metrics)."""
@@ -147,6 +150,13 @@ class LiveLoop:
                 self._transmit(extra)
         if self.tap is not None:
             received += self._kernel_to_wire()
+        if now - self._statistics_at >= STATISTICS_EVERY:
+            # The ring's own drop counter is read from the kernel (and reset there) by
+            # the thread that owns the port, once a second, so /stats shows ring overflows.
+            self._statistics_at = now
+            for port in self.ports:
+                if hasattr(port, "statistics"):
+                    port.statistics()
         self.counters.turns += 1
         self.counters.received += received
         return received
