@@ -71,16 +71,21 @@ _UPSERT = (
 )
 
 
+def sqlite_path(url: str) -> Path:
+    """The file a ``sqlite:PATH`` store url names; ValueError for anything else."""
+    path = url.removeprefix("sqlite:")
+    if not url.startswith("sqlite:") or not path:
+        raise ValueError(f"{url!r}: not a sqlite store url (sqlite:PATH)")
+    return Path(path)
+
+
 class SqliteStore:
     """The store in the SQLite file named by ``url`` (``sqlite:PATH``); the file and
     its directory are created when missing."""
 
     def __init__(self, url: str) -> None:
-        path = url.removeprefix("sqlite:")
-        if not url.startswith("sqlite:") or not path:
-            raise ValueError(f"{url!r}: not a sqlite store url (sqlite:PATH)")
         self.url = url
-        self.path = Path(path)
+        self.path = sqlite_path(url)
         self._lock = threading.Lock()
         self._closed = threading.Condition(self._lock)  # signalled by close, for waiters
         self._decoded: dict[str, tuple[str, dict]] = {}  # key -> (text, object), last read

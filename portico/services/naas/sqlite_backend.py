@@ -42,8 +42,8 @@ import json
 import sqlite3
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 
+from portico.control.sqlite_store import sqlite_path
 from portico.services.naas.allocator import (
     Allocation,
     FreeSlots,
@@ -89,11 +89,8 @@ class SqliteBackend:
     """Allocations in the SQLite file ``url`` names (``sqlite:PATH``), created if missing."""
 
     def __init__(self, url: str) -> None:
-        path = url.removeprefix("sqlite:")
-        if not url.startswith("sqlite:") or not path:
-            raise ValueError(f"{url!r}: not a sqlite store url (sqlite:PATH)")
         self.url = url
-        self.path = Path(path)
+        self.path = sqlite_path(url)
         self._lock = threading.Lock()
         self._pools: dict[str, Pool] = {}
         self._free: dict[str, FreeSlots] = {}
