@@ -14,6 +14,10 @@ model as the file (``portico.control.model``), so the OpenAPI document at
 ``GET /api/v1/ports``                  every port and the revision (``?objects=false``: names)
 ``GET|PUT|DELETE /api/v1/ports/N``     one port
 ``GET|PUT /api/v1/provider``           the provider router (one object: no list, no delete)
+``GET|PUT|DELETE /api/v1/tenants/N/P`` an object inside one, by path ``P``: a list item by
+                                       index or ``id`` (``router/firewall/egress/web-in``),
+                                       a mapping entry by key; likewise under ``ports/N/``
+                                       and ``provider/``; written back as one change
 ``GET /api/v1/stats``                  the running gateway's counters
 ``GET /api/v1/flows``                  the flow cache, filtered (``dpctl/dump-flows``)
 ``POST /api/v1/trace``                 one packet through every stage, on a copy of the
@@ -36,12 +40,13 @@ compared in constant time (``hmac.compare_digest``).
 import hmac
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import Body, Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from portico.control.daemon import Applied, Daemon
+from portico.control.fieldpath import MISSING, PathError, assign, check_path, locate, remove
 from portico.control.model import Config, ConfigError, Port, Provider, Tenant, format_path
 from portico.control.store import Conflict, StoreError, document_of
 from portico.control.trace import TraceRequest
@@ -155,6 +160,76 @@ def make_app(daemon: Daemon, token: str) -> FastAPI:
 
     object_routes("tenants", Tenant, deletable=True)
     object_routes("ports", Port, deletable=True)
+
+    # Every object inside an object, by its path: tenants/a/router/routes/0,
+    # tenants/a/router/firewall/egress/web-in (a list item by its id),
+    # tenants/a/router/firewall/containers/web. PUT creates or replaces it, DELETE
+    # removes it; either way the whole object is validated and written back as one
+    # change (If-Match as for the object).
+    def located(key: str, path: str, *, creating: bool) -> tuple[dict[str, Any], list[Any], Any]:
+        snapshot = daemon.store.read()
+        if key not in snapshot.objects:
+            raise HTTPException(404, detail=f"{key}: no such object")
+        document = snapshot.objects[key]
+        try:
+            parts, value = locate(document, path.strip("/").split("/"), creating=creating)
+            check_path(key.split("/")[0], parts, key)
+        except PathError as error:
+            raise HTTPException(404, detail=f"{key}: {error}") from None
+        return document, parts, value
+
+    def read_part(key: str, path: str) -> Any:
+        *_, value = located(key, path, creating=False)
+        if value is MISSING:
+            raise HTTPException(404, detail=f"{key}: {path}: not set")
+        return value
+
+    def write_part(key: str, path: str, value: Any, if_match: str | None, *,
+                   removing: bool) -> dict[str, Any]:
+        document, parts, _ = located(key, path, creating=not removing)
+        named = path.strip("/").split("/")[-1]
+        if (not removing and isinstance(parts[-1], int) and not named.isdigit()
+                and isinstance(value, dict)):
+            value = {"id": named, **value}  # a list item named by its id in the path
+        try:
+            edited = remove(document, parts) if removing else assign(document, parts, value)
+        except PathError as error:
+            raise HTTPException(404, detail=f"{key}: {error}") from None
+        return _applied(daemon.put_object(key, edited, expect=_expect(if_match)))
+
+    for kind in ("tenants", "ports"):
+        def named_routes(kind: str = kind) -> None:
+            part = f"{API}/{kind}/{{name}}/{{path:path}}"
+
+            @app.get(part, dependencies=guarded, name=f"get_{kind}_part")
+            def get_part(name: str, path: str) -> Any:
+                return read_part(f"{kind}/{name}", path)
+
+            @app.put(part, dependencies=guarded, name=f"put_{kind}_part")
+            def put_part(name: str, path: str, value: Annotated[Any, Body()],
+                         if_match: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+                return write_part(f"{kind}/{name}", path, value, if_match, removing=False)
+
+            @app.delete(part, dependencies=guarded, name=f"delete_{kind}_part")
+            def delete_part(name: str, path: str,
+                            if_match: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+                return write_part(f"{kind}/{name}", path, None, if_match, removing=True)
+
+        named_routes()
+
+    @app.get(f"{API}/provider/{{path:path}}", dependencies=guarded)
+    def get_provider_part(path: str) -> Any:
+        return read_part("provider", path)
+
+    @app.put(f"{API}/provider/{{path:path}}", dependencies=guarded)
+    def put_provider_part(path: str, value: Annotated[Any, Body()],
+                          if_match: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        return write_part("provider", path, value, if_match, removing=False)
+
+    @app.delete(f"{API}/provider/{{path:path}}", dependencies=guarded)
+    def delete_provider_part(path: str, if_match: Annotated[str | None, Header()] = None
+                             ) -> dict[str, Any]:
+        return write_part("provider", path, None, if_match, removing=True)
 
     @app.get(f"{API}/provider", dependencies=guarded)
     def get_provider() -> dict[str, Any]:

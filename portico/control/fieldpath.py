@@ -145,6 +145,39 @@ def check_path(kind: str, parts: list[Part], label: str | None = None) -> None:
 
 
 # ---------------------------------------------------------------- the document
+MISSING = object()  # what ``locate`` finds where the document has nothing (yet)
+
+
+def locate(document: Any, segments: list[str], *, creating: bool = False
+           ) -> tuple[list[Part], Any]:
+    """The parts of a URL path into ``document`` (``router/firewall/egress/web-in``) and
+    what is there (``MISSING``: nothing yet). In a list a segment is an index, or the
+    ``id`` of an item; with ``creating`` a last segment no item has appends one."""
+    if not segments or any(not segment for segment in segments):
+        raise PathError("an empty path, or an empty part in it")
+    parts: list[Part] = []
+    node: Any = document
+    for depth, segment in enumerate(segments):
+        last = depth == len(segments) - 1
+        if isinstance(node, list):
+            if segment.isdigit():
+                part: Part = int(segment)
+            else:
+                ids = [i for i, item in enumerate(node)
+                       if isinstance(item, dict) and item.get("id") == segment]
+                if not ids and not (creating and last):
+                    raise PathError(f"{show_path([*parts, segment])}: no item has this id")
+                part = ids[0] if ids else len(node)
+            parts.append(part)
+            node = node[part] if isinstance(part, int) and part < len(node) else MISSING
+        else:
+            parts.append(segment)
+            node = node.get(segment, MISSING) if isinstance(node, dict) else MISSING
+        if node is MISSING and not last and not creating:
+            raise PathError(f"{show_path(parts)}: not set")
+    return parts, node
+
+
 def assign(document: dict[str, Any], parts: list[Part], value: Any) -> dict[str, Any]:
     """A copy of ``document`` with ``value`` at ``parts`` (missing mappings made)."""
     edited = copy.deepcopy(document)

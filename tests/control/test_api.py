@@ -221,3 +221,47 @@ def test_every_object_kind_is_listed_created_updated_and_deleted(client: TestCli
     provider = client.get("/api/v1/provider", headers=AUTH).json()
     assert provider == document()["provider"]
     assert client.put("/api/v1/provider", json=provider, headers=AUTH).status_code == 200
+
+
+def test_objects_inside_objects_have_their_own_endpoints(client: TestClient,
+                                                         daemon: Daemon) -> None:
+    rules = "/api/v1/tenants/a/router/firewall/egress"
+    got = client.get(f"{rules}/out", headers=AUTH)  # a list item by its id
+    assert got.status_code == 200 and got.json()["action"] == "allow"
+    assert client.get(f"{rules}/0", headers=AUTH).json() == got.json()  # or by its index
+    # Create: a new id appends the rule, validated with the whole tenant, in effect at once.
+    made = client.put(f"{rules}/no-dns", headers=AUTH,
+                      json={"priority": 5, "action": "deny", "protocol": "udp", "dport": 53})
+    assert made.status_code == 200, made.text
+    assert made.json()["changed"] == {"tenants/a": "changed"}
+    assert [r["id"] for r in client.get(rules, headers=AUTH).json()] == ["out", "no-dns"]
+    egress = daemon.gateway.firewalls.tenants[1].rules[Direction.EGRESS]
+    assert [rule.id for rule in egress.ordered()] == ["no-dns", "out"]
+    # Update and delete, with If-Match on the revision read.
+    revision = client.get("/api/v1/config", headers=AUTH).json()["revision"]
+    changed = client.put(f"{rules}/no-dns/action", headers={**AUTH, "If-Match": f'"{revision}"'},
+                         json="reject")
+    assert changed.status_code == 200, changed.text
+    stale = client.delete(f"{rules}/no-dns", headers={**AUTH, "If-Match": f'"{revision}"'})
+    assert stale.status_code == 409
+    assert client.delete(f"{rules}/no-dns", headers=AUTH).status_code == 200
+    assert client.get(f"{rules}/no-dns", headers=AUTH).status_code == 404
+    # A container is a mapping entry; the provider's parts work the same way.
+    web = "/api/v1/tenants/a/router/firewall/containers/web"
+    assert client.put(web, headers=AUTH, json=["10.0.0.6"]).status_code == 200
+    assert client.get(web, headers=AUTH).json() == ["10.0.0.6"]
+    route = client.get("/api/v1/provider/router/routes/0", headers=AUTH)
+    assert route.status_code == 200 and route.json()["via"] == "203.0.113.1"
+
+
+def test_a_part_the_model_has_not_is_404_and_a_bad_value_422_with_its_path(
+        client: TestClient) -> None:
+    missing = client.get("/api/v1/tenants/a/router/colour", headers=AUTH)
+    assert missing.status_code == 404
+    assert "has no field 'colour'" in missing.json()["detail"]
+    assert client.get("/api/v1/tenants/a/router/routes/7", headers=AUTH).status_code == 404
+    assert client.get("/api/v1/tenants/zz/router", headers=AUTH).status_code == 404
+    bad = client.put("/api/v1/tenants/a/router/interfaces/0/mac", headers=AUTH, json="no-mac")
+    assert bad.status_code == 422
+    assert [p["path"] for p in bad.json()["problems"]] == ["tenants.a.router.interfaces[0].mac"]
+    assert client.get("/api/v1/tenants/a/router", headers={}).status_code == 401
