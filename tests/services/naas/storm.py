@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from portico.services.naas.allocator import PoolExhausted, open_allocator
 from portico.services.naas.pools import BlockLayout, parse_pool
@@ -56,6 +57,11 @@ def main() -> int:
                 break
             say("allocated", container_id=container, address=str(allocation.address),
                 block=allocation.block, id=allocation.id)
+            # A breath between two claims, as between two pods a runtime starts: SQLite does
+            # not hand its write lock over fairly (a waiter sleeps in its busy handler while
+            # the writer takes the lock again at once), so back-to-back claims from one
+            # process could keep the other storm waiting for the whole test.
+            time.sleep(0.002)
     finally:
         allocator.close()
     return 0
