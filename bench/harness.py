@@ -403,24 +403,19 @@ def run_bench(settings: Settings, workloads: Sequence[str],
         entries += run_lpm(settings.lpm, status)
     if any(name in workloads for name in CLASSIFY_WORKLOADS):
         entries += run_classify(settings.classify, workloads, status)
-    if "flowcache" in workloads:
-        entries += run_flowcache(settings.flowcache, status)
-    if "pipeline-hit" in workloads:
-        entries += run_pipeline(settings.pipeline, status)
-    if "pipeline-miss" in workloads:
-        entries += run_miss(settings.pipeline_miss, status)
-    if "pipeline-flows" in workloads:
-        entries += run_flows(settings.pipeline_flows, status)
-    if "config-apply" in workloads:
-        entries += run_config_apply(settings.config_apply, status)
-    if "api-writes" in workloads:
-        entries += run_api_writes(settings.api_writes, status)
-    if "naas-alloc" in workloads:
-        entries += run_naas_alloc(settings.naas_alloc, status)
-    if "naas-nat" in workloads:
-        entries += run_naas_nat(settings.naas_nat, status)
-    if "live-forward" in workloads:
-        entries += run_live_forward(settings.live_forward, status)
+    # One workload, one runner, one field of Settings.
+    for name, runner, attribute in (
+            ("flowcache", run_flowcache, "flowcache"),
+            ("pipeline-hit", run_pipeline, "pipeline"),
+            ("pipeline-miss", run_miss, "pipeline_miss"),
+            ("pipeline-flows", run_flows, "pipeline_flows"),
+            ("config-apply", run_config_apply, "config_apply"),
+            ("api-writes", run_api_writes, "api_writes"),
+            ("naas-alloc", run_naas_alloc, "naas_alloc"),
+            ("naas-nat", run_naas_nat, "naas_nat"),
+            ("live-forward", run_live_forward, "live_forward")):
+        if name in workloads:
+            entries += runner(getattr(settings, attribute), status)
     run = {"quick": settings.quick,
            "repeats": settings.repeats, "peer_repeats": settings.peer_repeats,
            "traffic": "64-byte IPv4 frames, TCP/UDP 50/50, 100k flows, uniform",

@@ -304,28 +304,25 @@ def _libc_sendmmsg(typingctx: Any, fd: Any, messages: Any, count: Any) -> Any:
     return types.int64(types.int64, types.int64, types.int64), codegen
 
 
-@intrinsic
-def _libc_read(typingctx: Any, fd: Any, address: Any, size: Any) -> Any:
-    """``read(fd, address, size)``."""
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        kind = ir.FunctionType(_I64, [_I32, _BYTES, _I64])
-        function = cgutils.get_or_insert_function(builder.module, kind, "read")
-        fd_, address_, size_ = args
-        return builder.call(function, [builder.trunc(fd_, _I32),
-                                       builder.inttoptr(address_, _BYTES), size_])
-    return types.int64(types.int64, types.int64, types.int64), codegen
+def _fd_bytes_call(name: str) -> Any:
+    """An intrinsic ``name(fd, address, size)`` returning its ``ssize_t``: libc's ``read``
+    and ``write`` share one shape."""
+    def call(typingctx: Any, fd: Any, address: Any, size: Any) -> Any:
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            kind = ir.FunctionType(_I64, [_I32, _BYTES, _I64])
+            function = cgutils.get_or_insert_function(builder.module, kind, name)
+            fd_, address_, size_ = args
+            return builder.call(function, [builder.trunc(fd_, _I32),
+                                           builder.inttoptr(address_, _BYTES), size_])
+        return types.int64(types.int64, types.int64, types.int64), codegen
+
+    call.__name__ = call.__qualname__ = f"_libc_{name}"
+    call.__doc__ = f"``{name}(fd, address, size)``."
+    return intrinsic(call)
 
 
-@intrinsic
-def _libc_write(typingctx: Any, fd: Any, address: Any, size: Any) -> Any:
-    """``write(fd, address, size)``."""
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        kind = ir.FunctionType(_I64, [_I32, _BYTES, _I64])
-        function = cgutils.get_or_insert_function(builder.module, kind, "write")
-        fd_, address_, size_ = args
-        return builder.call(function, [builder.trunc(fd_, _I32),
-                                       builder.inttoptr(address_, _BYTES), size_])
-    return types.int64(types.int64, types.int64, types.int64), codegen
+_libc_read = _fd_bytes_call("read")
+_libc_write = _fd_bytes_call("write")
 
 
 @intrinsic
