@@ -56,7 +56,7 @@ import numpy as np
 from numba import njit
 
 from portico.batch import Batch
-from portico.datapath.stages.parse import parse
+from portico.datapath.stages.parse import be32, be64, parse
 from portico.packet.arp import ARP
 from portico.packet.icmpv6 import ICMPv6
 
@@ -83,14 +83,6 @@ class Split:
     taken: np.ndarray
 
 
-@njit(cache=True, inline="always")
-def _be(data, i, at, width):  # type: ignore[no-untyped-def]
-    value = np.uint64(0)
-    for b in range(width):
-        value = (value << np.uint64(8)) | np.uint64(data[i, at + b])
-    return value
-
-
 @njit(cache=True)
 def classify_management(data, meta, count, port, ip4, has4, ip6_hi, ip6_lo, has6,  # type: ignore[no-untyped-def]
                         tcp_allowed, udp_allowed, verdicts):
@@ -103,7 +95,7 @@ def classify_management(data, meta, count, port, ip4, has4, ip6_hi, ip6_lo, has6
         to_us = False
         kernel_protocol = False  # ARP, ND, ICMP: the kernel answers whatever the port
         if m.ethertype == ETHERTYPE_ARP and m.l3 >= 0 and has4:
-            to_us = _be(data, i, m.l3 + ARP_TPA, 4) == np.uint64(ip4)
+            to_us = be32(data, i, m.l3 + ARP_TPA) == ip4
             kernel_protocol = True
         elif m.ip_version == 4 and has4:
             to_us = m.dst4 == ip4
@@ -112,8 +104,8 @@ def classify_management(data, meta, count, port, ip4, has4, ip6_hi, ip6_lo, has6
             if (m.protocol == ICMPV6 and m.l4 >= 0
                     and (m.icmp_type == NS or m.icmp_type == NA)):
                 # An NS for us goes to our solicited-node group, not to us: match the target.
-                to_us = (_be(data, i, m.l4 + ND_TARGET, 8) == ip6_hi
-                         and _be(data, i, m.l4 + ND_TARGET + 8, 8) == ip6_lo)
+                to_us = (be64(data, i, m.l4 + ND_TARGET) == ip6_hi
+                         and be64(data, i, m.l4 + ND_TARGET + 8) == ip6_lo)
                 kernel_protocol = True
         if not to_us:
             continue
